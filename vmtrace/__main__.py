@@ -1,0 +1,3 @@
+from vmtrace.cli.main import main
+
+main()

@@ -1,0 +1,75 @@
+"""A command started stopped before exec, so that probes are on before its first instruction.
+
+subprocess.Popen cannot do this: it waits for the exec to happen before returning.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from vmtrace.errors import TargetError
+
+
+class HeldChild:
+    def __init__(self, command: list[str]) -> None:
+        if not command:
+            raise TargetError("failed to start the command: it is empty")
+        r, self._release = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(self._release)
+            go = os.read(r, 1)
+            if go != b"g":
+                os._exit(127)  # the tracer gave up: never run untraced
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                os.execvp(command[0], command)
+            except OSError as e:
+                print(f"vmtrace: failed to run {command[0]}: {e.strerror}", file=sys.stderr)
+                os._exit(127)
+        os.close(r)
+        self.pid = pid
+        self.command = command
+        self.returncode: int | None = None
+
+    def release(self) -> None:
+        if self._release >= 0:
+            os.write(self._release, b"g")
+            os.close(self._release)
+            self._release = -1
+
+    def abandon(self) -> None:
+        """Tracing failed before the exec: the child exits without running the command."""
+        if self._release >= 0:
+            os.close(self._release)
+            self._release = -1
+        self.wait()
+
+    def _reap(self, flags: int) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            self.returncode = 127
+            return self.returncode
+        if pid == 0:
+            return None
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def wait(self) -> int:
+        while True:
+            try:
+                rc = self._reap(0)
+            except InterruptedError:
+                continue
+            assert rc is not None
+            return rc

@@ -1,0 +1,1 @@
+"""Command-line interface: one module per subcommand, errors mapped to one line at the edge."""

@@ -1,0 +1,46 @@
+"""`vmtrace -p PID` and `vmtrace run -- CMD`: live tracing."""
+
+from __future__ import annotations
+
+import sys
+
+from vmtrace.sinks import ConsoleSink, JsonlSink, Sink, open_log
+from vmtrace.tracer import TraceOptions, Tracer, default_log
+
+
+def trace(
+    *,
+    started: float,
+    pids: list[int],
+    command: list[str] | None,
+    output: str | None,
+    force: bool,
+    duration: float | None,
+    interval: float,
+    json_stdout: bool,
+    verbose: int,
+    quiet: bool,
+) -> int:
+    opts = TraceOptions(
+        pids=pids,
+        command=command,
+        duration=duration,
+        interval=interval,
+        verbose=verbose,
+        argv=sys.argv,
+    )
+    log_sink = JsonlSink(open_log(output, force), output) if output else None
+    sinks: list[Sink] = []
+    tracer = Tracer(opts, sinks, (lambda _m: None) if quiet else default_log)
+    if log_sink is not None:
+        sinks.append(log_sink)
+    if json_stdout:
+        sinks.append(JsonlSink(sys.stdout, "stdout"))
+    else:
+        sinks.append(ConsoleSink(sys.stdout, tracer.clock, verbose))
+    try:
+        return tracer.run(started)
+    finally:
+        if log_sink is not None:
+            log_sink.close()
+        sys.stdout.flush()

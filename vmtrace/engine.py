@@ -1,0 +1,131 @@
+"""The explanation engine: is this change a new peak, a latch, or neither, and why.
+
+Pure: `Change`s in, `Explained` records, sample checks and summaries out. Live tracing and
+`vmtrace report` feed it the same way, so it is tested without root or a kernel.
+
+The kernel facts it encodes (fs/proc/task_mmu.c, include/linux/mm.h):
+- VmPeak = max(hiwater_vm, total_vm). hiwater_vm is only latched (raised to total_vm)
+  just before total_vm is lowered, so while total_vm grows VmPeak follows it, and a
+  decrease never lowers VmPeak. A new peak is total_vm growing past every earlier value.
+- execve gives the process a new mm: its peak starts over.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from vmtrace.records import (
+    Change,
+    Contributor,
+    Explained,
+    ProcessSummary,
+    ProcStatus,
+    RecordType,
+    SampleCheck,
+)
+
+TOP_CAUSES = 5
+
+
+@dataclass
+class _Process:
+    comm: str
+    vm_peak_kb: int = 0
+    set_by: Explained | None = None
+    peaks: int = 0
+    latches: int = 0
+    contributions: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    disagreed_last_sample: bool = False
+
+
+class PeakEngine:
+    def __init__(self) -> None:
+        self._procs: dict[int, _Process] = {}
+
+    def start(self, pid: int, comm: str, status: ProcStatus | None) -> None:
+        """Begin following `pid`; `status` is /proc/PID/status read once the probes were on."""
+        self._procs[pid] = _Process(comm=comm, vm_peak_kb=status.vm_peak_kb if status else 0)
+
+    def pids(self) -> list[int]:
+        return list(self._procs)
+
+    def expected_vm_peak_kb(self, pid: int) -> int | None:
+        p = self._procs.get(pid)
+        return p.vm_peak_kb if p else None
+
+    def explain(self, change: Change) -> Explained:
+        p = self._procs.get(change.pid)
+        if p is None:
+            p = self._procs[change.pid] = _Process(comm=change.comm)
+        now = max(change.total_vm_kb_after, change.hiwater_vm_kb_after)
+        kind = change.kind
+
+        if kind == "exec":
+            before = p.vm_peak_kb
+            p.vm_peak_kb = now
+            p.contributions.clear()
+            p.comm = change.comm
+            explained = Explained("exec", change, before, now)
+            p.set_by = explained
+            p.contributions[("execve", "[exec image]")] = now
+            return explained
+
+        before = max(p.vm_peak_kb, change.kernel_peak_kb_before)
+        after = max(before, now)
+        p.vm_peak_kb = after
+        rtype: RecordType
+        if kind in ("baseline", "exit"):
+            rtype = kind
+        elif after > before:
+            rtype = "peak"
+        elif change.hiwater_vm_kb_after != change.hiwater_vm_kb_before:
+            rtype = "latch"
+        elif change.delta_kb >= 0:
+            rtype = "grow"
+        else:
+            rtype = "shrink"
+        explained = Explained(rtype, change, before, after)
+        if rtype == "peak":
+            p.peaks += 1
+            p.set_by = explained
+            where = change.mapping.path if change.mapping else "?"
+            p.contributions[(change.cause, where)] += after - before
+        elif rtype == "latch":
+            p.latches += 1
+        return explained
+
+    def check_sample(self, ts_ns: int, pid: int, status: ProcStatus) -> SampleCheck:
+        """Compare the kernel's VmPeak with the one rebuilt from events.
+
+        A reading may land while a change is being made (its event is sent when the mmap
+        lock is released), so one disagreement is only noted; two in a row are a mismatch,
+        reported, after which the kernel's value is taken as the new truth.
+        """
+        p = self._procs.get(pid)
+        if p is None:
+            p = self._procs[pid] = _Process(comm="?", vm_peak_kb=status.vm_peak_kb)
+        expected = p.vm_peak_kb
+        match = status.vm_peak_kb == expected
+        mismatch = not match and p.disagreed_last_sample
+        p.disagreed_last_sample = not match and not mismatch
+        if mismatch:
+            p.vm_peak_kb = max(p.vm_peak_kb, status.vm_peak_kb)
+        return SampleCheck(ts_ns, pid, status, expected, match, mismatch)
+
+    def summary(self) -> list[ProcessSummary]:
+        out = []
+        for pid, p in self._procs.items():
+            top = sorted(p.contributions.items(), key=lambda kv: -kv[1])[:TOP_CAUSES]
+            out.append(
+                ProcessSummary(
+                    pid=pid,
+                    comm=p.comm,
+                    vm_peak_kb=p.vm_peak_kb,
+                    set_by=p.set_by,
+                    peaks=p.peaks,
+                    latches=p.latches,
+                    top_causes=tuple(Contributor(c, m, kb) for (c, m), kb in top if kb > 0),
+                )
+            )
+        return out

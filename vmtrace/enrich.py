@@ -1,0 +1,201 @@
+"""Kernel records → `Change`s: units, causes, the mapping each change is about, stacks.
+
+The I/O it needs (an fd's path, /proc/PID/maps after exec, stack symbols) is injected, so
+the logic runs on recorded events in tests; the live session passes the real readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vmtrace.abi import EventKind, KernelEvent
+from vmtrace.records import Change, ChangeKind, Mapping
+from vmtrace.shadow import ShadowMap
+from vmtrace.syscalls import (
+    MAP_ANONYMOUS,
+    MAP_SHARED,
+    TRACED,
+    decode_args,
+    decode_ret,
+    fd_of,
+    page_align,
+    prot_letters,
+    syscall_name,
+)
+
+# (pid, fd, start, end) -> the path of the file an mmap mapped, if it can still be known
+FileNamer = Callable[[int, int, int, int], str | None]
+MapsReader = Callable[[int], list[Mapping]]
+# (pid, stack_id) -> [(address, symbol or None)], innermost first
+Symbolizer = Callable[[int, int], list[tuple[int, str | None]]]
+
+_KINDS: dict[EventKind, ChangeKind] = {
+    EventKind.SYSCALL: "change",
+    EventKind.OTHER: "change",
+    EventKind.EXEC: "exec",
+    EventKind.EXIT: "exit",
+    EventKind.BASELINE: "baseline",
+}
+
+
+class Enricher:
+    def __init__(
+        self,
+        page_size: int,
+        name_file: FileNamer,
+        read_maps: MapsReader,
+        symbolize: Symbolizer | None = None,
+    ) -> None:
+        self._page = page_size
+        self._kb_per_page = page_size // 1024
+        self._name_file = name_file
+        self._read_maps = read_maps
+        self._symbolize = symbolize
+        self._shadows: dict[int, ShadowMap] = {}
+
+    def attach(self, pid: int, mappings: list[Mapping]) -> None:
+        self._shadows[pid] = ShadowMap(mappings)
+
+    def forget(self, pid: int) -> None:
+        self._shadows.pop(pid, None)
+
+    def shadow(self, pid: int) -> ShadowMap:
+        return self._shadows.setdefault(pid, ShadowMap())
+
+    def enrich(self, ev: KernelEvent) -> Change:
+        kp = self._kb_per_page
+        kind = _KINDS[ev.kind]
+        delta_bytes = (ev.total_vm_after_pages - ev.total_vm_before_pages) * self._page
+        stack_grew = ev.stack_vm_after_pages > ev.stack_vm_before_pages
+        name = syscall_name(ev.syscall_nr)
+        ret = decode_ret(name, ev.ret_raw) if ev.has_ret else None
+        args = decode_args(name, ev.args_raw) if name in TRACED.values() else None
+        mapping: Mapping | None = None
+        shadow = self.shadow(ev.pid)
+
+        if ev.kind is EventKind.BASELINE:
+            cause = "baseline"
+        elif ev.kind is EventKind.EXIT:
+            cause = "exit"
+        elif ev.kind is EventKind.EXEC:
+            cause = "execve"
+            self.attach(ev.pid, self._read_maps(ev.pid))
+        elif ev.kind is EventKind.OTHER and stack_grew and delta_bytes > 0:
+            cause = "stack-growth"
+            mapping = self._grow_stack(shadow, ev, delta_bytes)
+        elif ev.kind is EventKind.OTHER:
+            cause = "fault" if name is None else f"syscall:{name}"
+        else:
+            cause = name or "unknown"
+            if ret is None or ret >= 0:
+                mapping = self._apply_syscall(shadow, ev, name, ret, delta_bytes)
+
+        return Change(
+            kind=kind,
+            ts_ns=ev.ts_ns,
+            pid=ev.pid,
+            tid=ev.tid,
+            comm=ev.comm,
+            cause=cause,
+            syscall=name,
+            args=args,
+            ret=ret,
+            total_vm_kb_before=ev.total_vm_before_pages * kp,
+            total_vm_kb_after=ev.total_vm_after_pages * kp,
+            hiwater_vm_kb_before=ev.hiwater_vm_before_pages * kp,
+            hiwater_vm_kb_after=ev.hiwater_vm_after_pages * kp,
+            stack_vm_kb_before=ev.stack_vm_before_pages * kp,
+            stack_vm_kb_after=ev.stack_vm_after_pages * kp,
+            kernel_peak_kb_before=ev.peak_before_pages * kp,
+            mapping=mapping,
+            stack=self._stack(ev),
+        )
+
+    def _stack(self, ev: KernelEvent) -> tuple[str, ...] | None:
+        if ev.stack_id < 0 or self._symbolize is None:
+            return None
+        shadow = self.shadow(ev.pid)
+        frames = []
+        for addr, sym in self._symbolize(ev.pid, ev.stack_id):
+            if sym is not None:
+                frames.append(sym)
+                continue
+            # No symbols (the process is gone, or stripped): say where the code was mapped
+            # from, which a later `addr2line -e FILE OFFSET` can resolve.
+            m = shadow.find(addr)
+            if m is not None and m.path.startswith("/"):
+                frames.append(f"0x{addr:x} ({m.path}+0x{m.offset + addr - m.start:x})")
+            else:
+                frames.append(f"0x{addr:x}")
+        return tuple(frames)
+
+    def _grow_stack(self, shadow: ShadowMap, ev: KernelEvent, delta: int) -> Mapping:
+        stack = shadow.by_path("[stack]")
+        if stack is None:
+            lo = ev.user_sp & ~(self._page - 1)
+            grown = Mapping(lo, lo + delta, "rw-p", "[stack]")
+        else:
+            grown = Mapping(stack.start - delta, stack.end, stack.perms, "[stack]")
+        shadow.insert(grown)
+        return Mapping(grown.start, grown.start + delta, grown.perms, "[stack]")
+
+    def _apply_syscall(
+        self, shadow: ShadowMap, ev: KernelEvent, name: str | None, ret: int | None, delta: int
+    ) -> Mapping | None:
+        a = ev.args_raw
+        page = self._page
+        if name == "mmap" and ret is not None:
+            prot, flags, fd = a[2], a[3], fd_of(a[4])
+            end = ret + page_align(a[1], page)
+            if flags & MAP_ANONYMOUS or fd < 0:
+                path = "[anon]"
+            else:
+                path = self._name_file(ev.pid, fd, ret, end) or f"[fd {fd}]"
+            perms = prot_letters(prot) + ("s" if flags & 0x03 == MAP_SHARED else "p")
+            m = Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
+            shadow.insert(m)
+            return m
+        if name == "munmap":
+            start, end = a[0], a[0] + page_align(a[1], page)
+            return self._unmap(shadow, start, end)
+        if name == "brk":
+            heap = shadow.by_path("[heap]")
+            if heap is None:
+                if delta <= 0 or ret is None:
+                    return None
+                new_end = page_align(ret, page)
+                heap = Mapping(new_end - delta, new_end - delta, "rw-p", "[heap]")
+            new_end = heap.end + delta
+            if delta >= 0:
+                shadow.insert(Mapping(heap.start, new_end, heap.perms, "[heap]"))
+                return Mapping(heap.end, new_end, heap.perms, "[heap]")
+            shadow.remove(new_end, heap.end)
+            return Mapping(new_end, heap.end, heap.perms, "[heap]")
+        if name == "mremap" and ret is not None:
+            old, old_len, new_len = a[0], page_align(a[1], page), page_align(a[2], page)
+            path = shadow.name_of(old, old + max(old_len, page)) or "[anon]"
+            first = shadow.find(old)
+            perms = first.perms if first else "rw-p"
+            offset = first.offset + old - first.start if first else 0
+            if old_len:
+                shadow.remove(old, old + old_len)
+            m = Mapping(ret, ret + new_len, perms, path, offset)
+            shadow.insert(m)
+            return m
+        if name == "shmat" and ret is not None and delta > 0:
+            m = Mapping(ret, ret + delta, "rw-s", "[shm]")
+            shadow.insert(m)
+            return m
+        if name == "shmdt" and delta < 0:
+            return self._unmap(shadow, a[0], a[0] - delta)
+        return None
+
+    @staticmethod
+    def _unmap(shadow: ShadowMap, start: int, end: int) -> Mapping:
+        pieces = shadow.remove(start, end)
+        perms = pieces[0].perms if pieces else "----"
+        names: list[str] = []
+        for p in pieces:
+            if p.path not in names:
+                names.append(p.path)
+        return Mapping(start, end, perms, ", ".join(names) if names else "[unknown]")

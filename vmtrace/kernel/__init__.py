@@ -1,0 +1,1 @@
+"""Kernel knowledge: BTF layouts, kernel headers for bcc, tracefs and privileges."""

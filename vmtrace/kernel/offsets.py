@@ -1,0 +1,123 @@
+"""Offsets of the kernel fields vmtrace's BPF programs read, for the running kernel.
+
+The BPF C code is compiled against whatever headers are available (possibly another kernel's),
+so every kernel struct it touches is read at an offset given here as a -D constant.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass, fields
+
+from vmtrace.errors import EnvironmentProblem
+from vmtrace.kernel.btf import DEFAULT_PATH, Btf
+
+DEFAULT_CONFIG_PATH = "/proc/config.gz"
+
+# x86_64 THREAD_SIZE is PAGE_SIZE << (2 + KASAN_STACK_ORDER) (arch/x86/include/asm/page_64_types.h).
+_X86_64_THREAD_SIZE = 16384
+# arch/x86/include/asm/thread_info.h (6.18): TOP_OF_KERNEL_STACK_PADDING is 2*8 on x86_64 with
+# CONFIG_X86_FRED, 0 without; task_pt_regs() sits that far below the top of the stack.
+_FRED_STACK_PADDING = 16
+
+_MEMBERS: dict[str, tuple[str, str]] = {
+    "task_mm": ("task_struct", "mm"),
+    "task_stack": ("task_struct", "stack"),
+    "mm_total_vm": ("mm_struct", "total_vm"),
+    "mm_hiwater_vm": ("mm_struct", "hiwater_vm"),
+    "mm_stack_vm": ("mm_struct", "stack_vm"),
+    "mm_hiwater_rss": ("mm_struct", "hiwater_rss"),
+    "pt_regs_orig_ax": ("pt_regs", "orig_ax"),
+    "pt_regs_di": ("pt_regs", "di"),
+    "pt_regs_si": ("pt_regs", "si"),
+    "pt_regs_dx": ("pt_regs", "dx"),
+    "pt_regs_r10": ("pt_regs", "r10"),
+    "pt_regs_r8": ("pt_regs", "r8"),
+    "pt_regs_r9": ("pt_regs", "r9"),
+    "pt_regs_sp": ("pt_regs", "sp"),
+    "pt_regs_ip": ("pt_regs", "ip"),
+}
+
+
+@dataclass(frozen=True)
+class KernelOffsets:
+    """Byte offsets and sizes, as the BPF programs receive them (VMT_OFF_* constants)."""
+
+    task_mm: int
+    task_stack: int
+    mm_total_vm: int
+    mm_hiwater_vm: int
+    mm_stack_vm: int
+    mm_hiwater_rss: int
+    pt_regs_size: int
+    pt_regs_orig_ax: int
+    pt_regs_di: int
+    pt_regs_si: int
+    pt_regs_dx: int
+    pt_regs_r10: int
+    pt_regs_r8: int
+    pt_regs_r9: int
+    pt_regs_sp: int
+    pt_regs_ip: int
+    thread_size: int
+    stack_top_padding: int
+
+    def cflags(self) -> list[str]:
+        return [f"-DVMT_OFF_{f.name.upper()}={getattr(self, f.name)}" for f in fields(self)]
+
+
+def read_kernel_config(path: str = DEFAULT_CONFIG_PATH) -> dict[str, str] | None:
+    """CONFIG_* options of a kernel config file (gzip or plain), or None if it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise EnvironmentProblem(
+            f"failed to read the kernel config {path}: {e.strerror or e}"
+        ) from e
+    try:
+        text = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise EnvironmentProblem(f"failed to read the kernel config {path}: {e}") from e
+    config: dict[str, str] = {}
+    for line in text.decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("CONFIG_"):
+            config[key] = value
+    return config
+
+
+def offsets_from_btf(btf: Btf, config: dict[str, str] | None) -> KernelOffsets:
+    """The offsets for an x86_64 kernel described by `btf`, with `config` (None: unknown)."""
+    cfg = config or {}
+    # Without a config we cannot tell; the defaults are those of distribution kernels.
+    kasan = cfg.get("CONFIG_KASAN") == "y"
+    fred = cfg.get("CONFIG_X86_FRED") == "y"
+    values = {name: btf.member_offset(s, m) for name, (s, m) in _MEMBERS.items()}
+    return KernelOffsets(
+        pt_regs_size=btf.struct_size("pt_regs"),
+        thread_size=_X86_64_THREAD_SIZE * (2 if kasan else 1),
+        stack_top_padding=_FRED_STACK_PADDING if fred else 0,
+        **values,
+    )
+
+
+def read_offsets(
+    btf_path: str = DEFAULT_PATH,
+    config_path: str = DEFAULT_CONFIG_PATH,
+    *,
+    machine: str | None = None,
+) -> KernelOffsets:
+    """KernelOffsets of the running kernel; `machine` overrides `uname -m` for tests."""
+    arch = machine if machine is not None else os.uname().machine
+    if arch != "x86_64":
+        raise EnvironmentProblem(
+            f"failed to compute kernel offsets: architecture {arch} is not supported "
+            "(vmtrace reads x86_64 registers and stack layout; it runs on x86_64 only)"
+        )
+    btf = Btf.from_file(btf_path)
+    return offsets_from_btf(btf, read_kernel_config(config_path))

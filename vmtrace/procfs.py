@@ -1,0 +1,161 @@
+"""Readers of /proc/PID: parsers are pure functions of text, readers add the I/O."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from vmtrace.errors import TargetError
+from vmtrace.records import Mapping, ProcStatus
+
+PROC = "/proc"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    comm: str
+    cmdline: tuple[str, ...]
+    start_time: int  # clock ticks after boot (/proc/PID/stat field 22): tells PID reuse apart
+    threads: dict[int, str]
+
+
+def parse_status(text: str) -> ProcStatus | None:
+    """The Vm* lines in kB; None for a task without an mm (kernel thread, zombie)."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmPeak", "VmSize", "VmHWM", "VmRSS"):
+            values[key] = int(rest.split()[0])
+    if "VmPeak" not in values or "VmSize" not in values:
+        return None
+    return ProcStatus(
+        vm_peak_kb=values["VmPeak"],
+        vm_size_kb=values["VmSize"],
+        vm_hwm_kb=values.get("VmHWM", 0),
+        vm_rss_kb=values.get("VmRSS", 0),
+    )
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    out: list[Mapping] = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        lo, _, hi = parts[0].partition("-")
+        path = parts[5].strip() if len(parts) > 5 else "[anon]"
+        if path.startswith("/SYSV"):
+            path = "[shm]"
+        out.append(
+            Mapping(
+                start=int(lo, 16),
+                end=int(hi, 16),
+                perms=parts[1],
+                path=path,
+                offset=int(parts[2], 16),
+            )
+        )
+    return out
+
+
+def parse_stat_start_time(text: str) -> int:
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[19])
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def read_status(pid: int, proc: str = PROC) -> ProcStatus | None:
+    """None when the process is gone or has no mm any more."""
+    try:
+        return parse_status(_read(f"{proc}/{pid}/status"))
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def read_maps(pid: int, proc: str = PROC) -> list[Mapping]:
+    try:
+        return parse_maps(_read(f"{proc}/{pid}/maps"))
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def read_comm(pid: int, tid: int | None = None, proc: str = PROC) -> str:
+    path = f"{proc}/{pid}/task/{tid}/comm" if tid else f"{proc}/{pid}/comm"
+    try:
+        return _read(path).strip()
+    except OSError:
+        return "?"
+
+
+def read_threads(pid: int, proc: str = PROC) -> dict[int, str]:
+    try:
+        tids = sorted(int(t) for t in os.listdir(f"{proc}/{pid}/task"))
+    except OSError:
+        return {}
+    return {tid: read_comm(pid, tid, proc) for tid in tids}
+
+
+def read_start_time(pid: int, proc: str = PROC) -> int | None:
+    try:
+        return parse_stat_start_time(_read(f"{proc}/{pid}/stat"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_fd_path(pid: int, fd: int, proc: str = PROC) -> str | None:
+    try:
+        return os.readlink(f"{proc}/{pid}/fd/{fd}")
+    except OSError:
+        return None
+
+
+def read_mapped_file(pid: int, start: int, end: int, proc: str = PROC) -> str | None:
+    """The file behind the mapping [start, end), if it is still mapped (needs root)."""
+    try:
+        return os.readlink(f"{proc}/{pid}/map_files/{start:x}-{end:x}")
+    except OSError:
+        return None
+
+
+def inspect_target(pid: int, proc: str = PROC) -> ProcessInfo:
+    """Everything vmtrace needs to know before tracing `pid`, or a TargetError saying why not."""
+    if pid <= 0:
+        raise TargetError(f"failed to trace PID {pid}: not a valid process ID")
+    try:
+        status_text = _read(f"{proc}/{pid}/status")
+        cmdline_raw = _read(f"{proc}/{pid}/cmdline")
+    except FileNotFoundError:
+        raise TargetError(
+            f"failed to trace PID {pid}: no such process (check the PID with ps -p {pid})"
+        ) from None
+    except PermissionError as e:
+        raise TargetError(f"failed to trace PID {pid}: cannot read /proc/{pid}: {e}") from None
+    if parse_status(status_text) is None:
+        state = next((ln for ln in status_text.splitlines() if ln.startswith("State:")), "")
+        if "zombie" in state:
+            raise TargetError(f"failed to trace PID {pid}: it has exited (zombie)")
+        raise TargetError(
+            f"failed to trace PID {pid}: it is a kernel thread (no user address space to trace)"
+        )
+    start = read_start_time(pid, proc)
+    return ProcessInfo(
+        pid=pid,
+        comm=read_comm(pid, proc=proc),
+        cmdline=tuple(a for a in cmdline_raw.split("\0") if a),
+        start_time=start if start is not None else 0,
+        threads=read_threads(pid, proc),
+    )
+
+
+def inspect_target_quietly(pid: int, fallback: ProcessInfo) -> ProcessInfo:
+    """Re-read a target after exec (new comm and cmdline); keep what we had if it is gone."""
+    try:
+        return inspect_target(pid)
+    except TargetError:
+        return fallback

@@ -1,0 +1,108 @@
+"""The observations vmtrace reasons about, after decoding and enrichment.
+
+A `Change` is what the kernel saw, in kB, with its cause named; the engine turns it into an
+`Explained` record (peak, latch, grow, shrink, ...). Both live traces and logs read back by
+`vmtrace report` produce these, so the engine never knows where they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from typing import Literal
+
+ChangeKind = Literal["change", "exec", "exit", "baseline"]
+RecordType = Literal["baseline", "peak", "latch", "grow", "shrink", "exec", "exit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    path: str
+    offset: int = 0  # file offset of `start`, for file-backed mappings
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStatus:
+    """The Vm* lines of /proc/PID/status, in kB."""
+
+    vm_peak_kb: int
+    vm_size_kb: int
+    vm_hwm_kb: int
+    vm_rss_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: ChangeKind
+    ts_ns: int
+    pid: int
+    tid: int
+    comm: str
+    cause: str
+    syscall: str | None
+    args: MappingABC[str, object] | None
+    ret: int | None
+    total_vm_kb_before: int
+    total_vm_kb_after: int
+    hiwater_vm_kb_before: int
+    hiwater_vm_kb_after: int
+    stack_vm_kb_before: int
+    stack_vm_kb_after: int
+    kernel_peak_kb_before: int
+    mapping: Mapping | None = None
+    stack: tuple[str, ...] | None = None
+
+    @property
+    def delta_kb(self) -> int:
+        return self.total_vm_kb_after - self.total_vm_kb_before
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """A change with its meaning for VmPeak."""
+
+    type: RecordType
+    change: Change
+    vm_peak_kb_before: int
+    vm_peak_kb: int
+
+    @property
+    def peak_delta_kb(self) -> int:
+        return self.vm_peak_kb - self.vm_peak_kb_before
+
+
+@dataclass(frozen=True, slots=True)
+class SampleCheck:
+    """A /proc/PID/status reading compared with the VmPeak rebuilt from events."""
+
+    ts_ns: int
+    pid: int
+    status: ProcStatus
+    expected_vm_peak_kb: int
+    match: bool
+    mismatch: bool  # disagreed twice in a row: reported, never hidden
+
+
+@dataclass(frozen=True, slots=True)
+class Contributor:
+    cause: str
+    mapping: str
+    kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSummary:
+    pid: int
+    comm: str
+    vm_peak_kb: int
+    set_by: Explained | None
+    peaks: int
+    latches: int
+    top_causes: tuple[Contributor, ...] = field(default_factory=tuple)

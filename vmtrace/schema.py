@@ -1,0 +1,239 @@
+"""The JSONL log records (docs/log-schema.md, version 1), built from engine output.
+
+Every sink renders these dicts, the console included, so what is printed and what is
+logged cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from vmtrace.procfs import ProcessInfo
+from vmtrace.records import Explained, Mapping, ProcessSummary, ProcStatus, SampleCheck
+from vmtrace.units import WallClock
+
+SCHEMA_VERSION = 1
+Record = dict[str, Any]
+
+
+def _common(
+    rtype: str,
+    clock: WallClock,
+    ts_ns: int,
+    pid: int | None = None,
+    tid: int | None = None,
+    comm: str | None = None,
+    total_before: int | None = None,
+    total_after: int | None = None,
+    vm_peak: int | None = None,
+    hiwater: int | None = None,
+) -> Record:
+    return {
+        "type": rtype,
+        "ts_ns": ts_ns,
+        "time": clock.iso(ts_ns),
+        "pid": pid,
+        "tid": tid,
+        "comm": comm,
+        "total_vm_kb_before": total_before,
+        "total_vm_kb_after": total_after,
+        "vm_peak_kb": vm_peak,
+        "hiwater_vm_kb": hiwater,
+    }
+
+
+def status_dict(s: ProcStatus) -> dict[str, int]:
+    return {
+        "VmPeak": s.vm_peak_kb,
+        "VmSize": s.vm_size_kb,
+        "VmHWM": s.vm_hwm_kb,
+        "VmRSS": s.vm_rss_kb,
+    }
+
+
+def mapping_dict(m: Mapping) -> dict[str, Any]:
+    return {"start": hex(m.start), "end": hex(m.end), "perms": m.perms, "path": m.path}
+
+
+def start_record(
+    clock: WallClock,
+    *,
+    vmtrace_version: str,
+    kernel: str,
+    backend: str,
+    backend_reason: str,
+    page_size: int,
+    user: dict[str, Any],
+    argv: Sequence[str],
+    targets: Iterable[tuple[ProcessInfo, ProcStatus | None]],
+    attach_seconds: float,
+    interval: float,
+) -> Record:
+    rec = _common("start", clock, clock.monotonic_ns)
+    rec.update(
+        version=SCHEMA_VERSION,
+        vmtrace=vmtrace_version,
+        kernel=kernel,
+        backend=backend,
+        backend_reason=backend_reason,
+        page_size=page_size,
+        clock={
+            "monotonic_ns": clock.monotonic_ns,
+            "wall_ns": clock.wall_ns,
+            "wall_time": clock.iso(clock.monotonic_ns),
+        },
+        user=user,
+        argv=list(argv),
+        attach_seconds=round(attach_seconds, 3),
+        interval=interval,
+        targets=[
+            {
+                "pid": info.pid,
+                "comm": info.comm,
+                "cmdline": list(info.cmdline),
+                "threads": {str(t): c for t, c in info.threads.items()},
+                "status": status_dict(st) if st else None,
+            }
+            for info, st in targets
+        ],
+    )
+    return rec
+
+
+def maps_record(clock: WallClock, ts_ns: int, pid: int, comm: str, maps: list[Mapping]) -> Record:
+    rec = _common("maps", clock, ts_ns, pid=pid, comm=comm)
+    rec["mappings"] = [mapping_dict(m) for m in maps]
+    return rec
+
+
+def explained_record(e: Explained, clock: WallClock) -> Record:
+    c = e.change
+    rec = _common(
+        e.type,
+        clock,
+        c.ts_ns,
+        pid=c.pid,
+        tid=c.tid,
+        comm=c.comm,
+        total_before=c.total_vm_kb_before,
+        total_after=c.total_vm_kb_after,
+        vm_peak=e.vm_peak_kb,
+        hiwater=c.hiwater_vm_kb_after,
+    )
+    ret: int | str | None = c.ret
+    if c.ret is not None and c.ret >= 0 and c.syscall in ("mmap", "mremap", "shmat", "brk"):
+        ret = hex(c.ret)
+    rec.update(
+        cause=c.cause,
+        syscall=c.syscall,
+        args=dict(c.args) if c.args is not None else None,
+        ret=ret,
+        delta_kb=c.delta_kb,
+        vm_peak_kb_before=e.vm_peak_kb_before,
+        hiwater_vm_kb_before=c.hiwater_vm_kb_before,
+        stack_vm_kb_before=c.stack_vm_kb_before,
+        stack_vm_kb_after=c.stack_vm_kb_after,
+        mapping=mapping_dict(c.mapping) if c.mapping else None,
+        stack=list(c.stack) if c.stack is not None else None,
+    )
+    return rec
+
+
+def sample_record(s: SampleCheck, clock: WallClock, comm: str | None) -> Record:
+    rec = _common(
+        "mismatch" if s.mismatch else "sample",
+        clock,
+        s.ts_ns,
+        pid=s.pid,
+        comm=comm,
+        total_after=s.status.vm_size_kb,
+        vm_peak=s.status.vm_peak_kb,
+    )
+    rec.update(
+        status=status_dict(s.status),
+        expected_vm_peak_kb=s.expected_vm_peak_kb,
+        match=s.match,
+    )
+    if s.mismatch:
+        rec["detail"] = (
+            f"/proc/{s.pid}/status says VmPeak {s.status.vm_peak_kb} kB, the events say "
+            f"{s.expected_vm_peak_kb} kB (twice in a row)"
+        )
+    return rec
+
+
+def lost_record(clock: WallClock, ts_ns: int, count: int, total: int) -> Record:
+    rec = _common("lost", clock, ts_ns)
+    rec.update(count=count, total=total)
+    return rec
+
+
+def exit_record(
+    clock: WallClock,
+    ts_ns: int,
+    pid: int,
+    comm: str,
+    vm_peak_kb: int | None,
+    source: str,
+    last: Explained | None,
+    exit_status: int | None = None,
+) -> Record:
+    c = last.change if last else None
+    rec = _common(
+        "exit",
+        clock,
+        ts_ns,
+        pid=pid,
+        tid=c.tid if c else None,
+        comm=comm,
+        total_before=c.total_vm_kb_before if c else None,
+        total_after=c.total_vm_kb_after if c else None,
+        vm_peak=vm_peak_kb,
+        hiwater=c.hiwater_vm_kb_after if c else None,
+    )
+    rec.update(source=source, exit_status=exit_status)
+    return rec
+
+
+def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
+    set_by = None
+    if s.set_by is not None:
+        c = s.set_by.change
+        set_by = {
+            "time": clock.iso(c.ts_ns),
+            "ts_ns": c.ts_ns,
+            "tid": c.tid,
+            "comm": c.comm,
+            "cause": c.cause,
+            "type": s.set_by.type,
+            "delta_kb": s.set_by.peak_delta_kb,
+            "mapping": mapping_dict(c.mapping) if c.mapping else None,
+        }
+    return {
+        "pid": s.pid,
+        "comm": s.comm,
+        "vm_peak_kb": s.vm_peak_kb,
+        "peaks": s.peaks,
+        "latches": s.latches,
+        "set_by": set_by,
+        "top_causes": [{"cause": t.cause, "mapping": t.mapping, "kb": t.kb} for t in s.top_causes],
+    }
+
+
+def end_record(
+    clock: WallClock,
+    ts_ns: int,
+    reason: str,
+    events: int,
+    lost: int,
+    summaries: list[ProcessSummary],
+) -> Record:
+    rec = _common("end", clock, ts_ns)
+    rec.update(
+        reason=reason,
+        events=events,
+        lost=lost,
+        summary=[summary_dict(s, clock) for s in summaries],
+    )
+    return rec

@@ -1,0 +1,206 @@
+"""Where records go: a JSONL file or stream, and the console. Both take schema dicts."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO, Any, Protocol
+
+from vmtrace.errors import OutputError
+from vmtrace.units import WallClock, human_bytes, human_kb
+
+Record = dict[str, Any]
+
+
+class Sink(Protocol):
+    def write(self, rec: Record) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_log(path: str, force: bool) -> IO[str]:
+    """Create the log 0600, never through a symlink, never over a file unless `force`."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_TRUNC if force else os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise OutputError(
+            f"failed to create {path}: it exists (fix: choose another -o, or add --force)"
+        ) from None
+    except OSError as e:
+        if e.errno == 40:  # ELOOP: the last component is a symlink
+            raise OutputError(f"failed to create {path}: it is a symlink (refused)") from None
+        raise OutputError(f"failed to create {path}: {e.strerror}") from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+class JsonlSink:
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self._f = stream
+        self._name = name
+
+    def write(self, rec: Record) -> None:
+        try:
+            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        except OSError as e:
+            raise OutputError(f"failed to write {self._name}: {e.strerror}") from None
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            raise OutputError(f"failed to write {self._name}: {e.strerror}") from None
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError as e:
+            raise OutputError(f"failed to close {self._name}: {e.strerror}") from None
+
+
+def _addr(v: Any) -> str:
+    return "NULL" if v in (None, "0x0") else str(v)
+
+
+def describe_call(rec: Record) -> str:
+    """The syscall (or fault) behind a change, as the console shows it."""
+    cause = rec.get("cause")
+    a = rec.get("args") or {}
+    ret = rec.get("ret")
+    ret_s = f" = {ret}" if ret is not None else ""
+    sc = rec.get("syscall")
+    if cause == "stack-growth":
+        where = f" in {sc}()" if sc else " (page fault)"
+        return f"stack growth{where}"
+    if sc == "mmap" and a:
+        fd = f", fd {a['fd']}" if a.get("fd", -1) >= 0 else ""
+        return (
+            f"mmap({_addr(a['addr'])}, {human_bytes(a['len'])}, {a['prot']}, {a['flags']}"
+            f"{fd}){ret_s}"
+        )
+    if sc == "munmap" and a:
+        return f"munmap({a['addr']}, {human_bytes(a['len'])}){ret_s}"
+    if sc == "brk" and a:
+        return f"brk({a['brk']}){ret_s}"
+    if sc == "mremap" and a:
+        return (
+            f"mremap({a['old_addr']}, {human_bytes(a['old_len'])} -> "
+            f"{human_bytes(a['new_len'])}, {a['flags']}){ret_s}"
+        )
+    if sc == "shmat" and a:
+        return f"shmat(shmid {a['shmid']}, {_addr(a['addr'])}, {a['flags']}){ret_s}"
+    if sc == "shmdt" and a:
+        return f"shmdt({a['addr']}){ret_s}"
+    if cause == "fault":
+        return "page fault (no syscall)"
+    if cause and cause.startswith("syscall:"):
+        return f"{cause[len('syscall:') :]}() (untraced syscall)"
+    return f"{sc or cause}(){ret_s}"
+
+
+def describe_mapping(rec: Record) -> str:
+    m = rec.get("mapping")
+    if not m:
+        return ""
+    return f"  {m['path']} {m['start']}-{m['end']} {m['perms']}"
+
+
+class ConsoleSink:
+    """Human lines: every new peak and latch; grow/shrink/samples only with -v."""
+
+    def __init__(self, stream: IO[str], clock: WallClock, verbose: int = 0) -> None:
+        self._out = stream
+        self._clock = clock
+        self._verbose = verbose
+
+    def _who(self, rec: Record) -> str:
+        return f"pid {rec['pid']} tid {rec['tid']} {rec['comm']}"
+
+    def _t(self, rec: Record) -> str:
+        return self._clock.clock_of_day(rec["ts_ns"])
+
+    def write(self, rec: Record) -> None:
+        t = rec["type"]
+        lines: list[str] = []
+        if t == "peak":
+            before, after = rec["vm_peak_kb_before"], rec["vm_peak_kb"]
+            lines.append(
+                f"{self._t(rec)} PEAK  VmPeak {human_kb(before)} -> {human_kb(after)} "
+                f"(+{human_kb(after - before)}) [{after} kB]  {self._who(rec)}"
+            )
+            lines.append(f"    {describe_call(rec)}{describe_mapping(rec)}")
+            lines += [f"      #{i} {frame}" for i, frame in enumerate(rec.get("stack") or [])]
+        elif t == "latch":
+            lines.append(
+                f"{self._t(rec)} LATCH hiwater_vm {human_kb(rec['hiwater_vm_kb'])} recorded "
+                f"[{rec['hiwater_vm_kb']} kB]  {self._who(rec)}"
+            )
+            lines.append(
+                f"    {describe_call(rec)}  total_vm {human_kb(rec['total_vm_kb_before'])} -> "
+                f"{human_kb(rec['total_vm_kb_after'])}{describe_mapping(rec)}"
+            )
+        elif t == "exec":
+            lines.append(
+                f"{self._t(rec)} EXEC  new address space, VmPeak starts over at "
+                f"{human_kb(rec['vm_peak_kb'])} [{rec['vm_peak_kb']} kB] (was "
+                f"{human_kb(rec['vm_peak_kb_before'])})  {self._who(rec)}"
+            )
+        elif t == "mismatch":
+            lines.append(f"{self._t(rec)} MISMATCH pid {rec['pid']}: {rec['detail']}")
+        elif t == "lost":
+            lines.append(
+                f"{self._t(rec)} LOST  {rec['count']} records dropped by the kernel "
+                f"(ring buffer full; {rec['total']} in all): rebuilt VmPeak may be off"
+            )
+        elif t == "exit":
+            peak = rec["vm_peak_kb"]
+            shown = f"{human_kb(peak)} [{peak} kB]" if peak is not None else "unknown"
+            lines.append(
+                f"{self._t(rec)} EXIT  pid {rec['pid']} {rec['comm']}: final VmPeak {shown}"
+            )
+        elif t == "end":
+            lines += self._summary(rec)
+        elif self._verbose and t in ("grow", "shrink", "baseline"):
+            lines.append(
+                f"{self._t(rec)} {t.upper():5} total_vm {human_kb(rec['total_vm_kb_before'] or 0)}"
+                f" -> {human_kb(rec['total_vm_kb_after'])}  {self._who(rec)}  "
+                f"{describe_call(rec)}{describe_mapping(rec)}"
+            )
+        elif self._verbose and t == "sample":
+            lines.append(
+                f"{self._t(rec)} SAMPLE pid {rec['pid']} VmPeak {rec['vm_peak_kb']} kB "
+                f"(events: {rec['expected_vm_peak_kb']} kB) {'ok' if rec['match'] else 'differs'}"
+            )
+        if lines:
+            self._out.write("\n".join(lines) + "\n")
+
+    def _summary(self, rec: Record) -> list[str]:
+        lines = [
+            f"--- vmtrace summary ({rec['reason']}; {rec['events']} events, {rec['lost']} lost)"
+        ]
+        for s in rec["summary"]:
+            lines.append(
+                f"pid {s['pid']} {s['comm']}: VmPeak {human_kb(s['vm_peak_kb'])} "
+                f"[{s['vm_peak_kb']} kB], {s['peaks']} new peaks, {s['latches']} latches"
+            )
+            sb = s.get("set_by")
+            if sb:
+                where = f" {sb['mapping']['path']}" if sb.get("mapping") else ""
+                lines.append(
+                    f"  set by {sb['cause']}{where} in tid {sb['tid']} {sb['comm']} at "
+                    f"{sb['time']} (+{human_kb(sb['delta_kb'])})"
+                )
+            if s["top_causes"]:
+                lines.append("  largest contributors to the peak:")
+                lines += [
+                    f"    {human_kb(c['kb']):>10}  {c['cause']}  {c['mapping']}"
+                    for c in s["top_causes"]
+                ]
+        return lines
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close(self) -> None:
+        self.flush()
