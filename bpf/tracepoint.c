@@ -118,9 +118,11 @@ static __always_inline void baseline(struct target_state *st, u64 mm, struct mm_
 	struct vmt_event *e = new_event(VMT_KIND_BASELINE, tgid, tid);
 	if (!e)
 		return;
-	e->total_vm_after = now->total_vm;
-	e->hiwater_vm_after = now->hiwater_vm;
-	e->stack_vm_after = now->stack_vm;
+	/* no change to explain: before and after are both what the probes first saw */
+	e->total_vm_before = e->total_vm_after = now->total_vm;
+	e->hiwater_vm_before = e->hiwater_vm_after = now->hiwater_vm;
+	e->stack_vm_before = e->stack_vm_after = now->stack_vm;
+	e->peak_before = st->peak;
 	e->syscall_nr = -1;
 	submit(e);
 }

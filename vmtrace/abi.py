@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 COMM_LEN = 16
 NARGS = 6
@@ -59,6 +61,35 @@ class EventStruct(ctypes.Structure):
 
 EVENT_SIZE = ctypes.sizeof(EventStruct)
 
+_STRUCT_CODES: dict[type, str] = {
+    ctypes.c_uint64: "Q",
+    ctypes.c_int64: "q",
+    ctypes.c_uint32: "I",
+    ctypes.c_int32: "i",
+}
+
+
+def _struct_format(cls: type[ctypes.Structure]) -> str:
+    """The struct-module layout of a ctypes mirror (struct.unpack is ~3x faster than
+    from_buffer_copy, and the reader decodes every record of an mmap storm)."""
+    fmt = "="
+    for field in cls._fields_:
+        ctype: Any = field[1]
+        length = getattr(ctype, "_length_", None)
+        if length is None:
+            fmt += _STRUCT_CODES[ctype]
+        elif ctype._type_ is ctypes.c_char:
+            fmt += f"{length}s"
+        else:
+            fmt += _STRUCT_CODES[ctype._type_] * length
+    return fmt
+
+
+_EVENT = struct.Struct(_struct_format(EventStruct))
+# The C struct has no padding; if a new field brought some, the unpacking would be wrong.
+assert _EVENT.size == EVENT_SIZE, "struct vmt_event has padding: keep fields naturally aligned"
+_KINDS = {k.value: k for k in EventKind}
+
 
 class DecodeError(ValueError):
     """A record of the wrong size: the BPF object and this module disagree."""
@@ -100,31 +131,30 @@ class KernelEvent:
 def decode_event(data: bytes) -> KernelEvent:
     if len(data) < EVENT_SIZE:
         raise DecodeError(f"record of {len(data)} bytes, expected {EVENT_SIZE}")
-    s = EventStruct.from_buffer_copy(data[:EVENT_SIZE])
-    try:
-        kind = EventKind(s.kind)
-    except ValueError as e:
-        raise DecodeError(f"unknown record kind {s.kind}") from e
+    v = _EVENT.unpack_from(data)
+    kind = _KINDS.get(v[3])
+    if kind is None:
+        raise DecodeError(f"unknown record kind {v[3]}")
     return KernelEvent(
-        ts_ns=s.ts_ns,
-        pid=s.pid,
-        tid=s.tid,
+        ts_ns=v[0],
+        pid=v[1],
+        tid=v[2],
         kind=kind,
-        syscall_nr=s.syscall_nr,
-        ret_raw=s.ret,
-        args_raw=tuple(s.args),
-        total_vm_before_pages=s.total_vm_before,
-        total_vm_after_pages=s.total_vm_after,
-        hiwater_vm_before_pages=s.hiwater_vm_before,
-        hiwater_vm_after_pages=s.hiwater_vm_after,
-        stack_vm_before_pages=s.stack_vm_before,
-        stack_vm_after_pages=s.stack_vm_after,
-        peak_before_pages=s.peak_before,
-        user_sp=s.user_sp,
-        user_ip=s.user_ip,
-        stack_id=s.stack_id,
-        flags=s.flags,
-        comm=s.comm.decode("utf-8", "replace"),
+        syscall_nr=v[4],
+        ret_raw=v[5],
+        args_raw=v[6:12],
+        total_vm_before_pages=v[12],
+        total_vm_after_pages=v[13],
+        hiwater_vm_before_pages=v[14],
+        hiwater_vm_after_pages=v[15],
+        stack_vm_before_pages=v[16],
+        stack_vm_after_pages=v[17],
+        peak_before_pages=v[18],
+        user_sp=v[19],
+        user_ip=v[20],
+        stack_id=v[21],
+        flags=v[22],
+        comm=v[23].split(b"\0", 1)[0].decode("utf-8", "replace"),
     )
 
 

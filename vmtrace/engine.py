@@ -66,6 +66,7 @@ class PeakEngine:
             p.vm_peak_kb = now
             p.contributions.clear()
             p.comm = change.comm
+            p.disagreed_last_sample = False
             explained = Explained("exec", change, before, now)
             p.set_by = explained
             p.contributions[("execve", "[exec image]")] = now
@@ -110,7 +111,7 @@ class PeakEngine:
         mismatch = not match and p.disagreed_last_sample
         p.disagreed_last_sample = not match and not mismatch
         if mismatch:
-            p.vm_peak_kb = max(p.vm_peak_kb, status.vm_peak_kb)
+            p.vm_peak_kb = status.vm_peak_kb
         return SampleCheck(ts_ns, pid, status, expected, match, mismatch)
 
     def summary(self) -> list[ProcessSummary]:

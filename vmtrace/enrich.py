@@ -14,6 +14,7 @@ from vmtrace.shadow import ShadowMap
 from vmtrace.syscalls import (
     MAP_ANONYMOUS,
     MAP_SHARED,
+    SHM_RDONLY,
     TRACED,
     decode_args,
     decode_ret,
@@ -60,7 +61,10 @@ class Enricher:
         self._shadows.pop(pid, None)
 
     def shadow(self, pid: int) -> ShadowMap:
-        return self._shadows.setdefault(pid, ShadowMap())
+        shadow = self._shadows.get(pid)
+        if shadow is None:
+            shadow = self._shadows[pid] = ShadowMap()
+        return shadow
 
     def enrich(self, ev: KernelEvent) -> Change:
         kp = self._kb_per_page
@@ -151,7 +155,7 @@ class Enricher:
                 path = "[anon]"
             else:
                 path = self._name_file(ev.pid, fd, ret, end) or f"[fd {fd}]"
-            perms = prot_letters(prot) + ("s" if flags & 0x03 == MAP_SHARED else "p")
+            perms = prot_letters(prot) + ("s" if flags & MAP_SHARED else "p")
             m = Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
             shadow.insert(m)
             return m
@@ -183,7 +187,8 @@ class Enricher:
             shadow.insert(m)
             return m
         if name == "shmat" and ret is not None and delta > 0:
-            m = Mapping(ret, ret + delta, "rw-s", "[shm]")
+            perms = "r--s" if a[2] & SHM_RDONLY else "rw-s"
+            m = Mapping(ret, ret + delta, perms, "[shm]")
             shadow.insert(m)
             return m
         if name == "shmdt" and delta < 0:

@@ -53,7 +53,13 @@ def status_dict(s: ProcStatus) -> dict[str, int]:
 
 
 def mapping_dict(m: Mapping) -> dict[str, Any]:
-    return {"start": hex(m.start), "end": hex(m.end), "perms": m.perms, "path": m.path}
+    return {
+        "start": hex(m.start),
+        "end": hex(m.end),
+        "perms": m.perms,
+        "offset": m.offset,
+        "path": m.path,
+    }
 
 
 def start_record(

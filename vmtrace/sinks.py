@@ -32,6 +32,7 @@ def open_log(path: str, force: bool) -> IO[str]:
         if e.errno == 40:  # ELOOP: the last component is a symlink
             raise OutputError(f"failed to create {path}: it is a symlink (refused)") from None
         raise OutputError(f"failed to create {path}: {e.strerror}") from None
+    os.fchmod(fd, 0o600)  # with --force the file existed: its old mode must not leak the log
     return os.fdopen(fd, "w", encoding="utf-8")
 
 

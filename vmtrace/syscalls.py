@@ -68,7 +68,8 @@ _MAP_FLAGS: tuple[tuple[int, str], ...] = (
 )
 MAP_ANONYMOUS = 0x20
 MAP_FIXED = 0x10
-MAP_SHARED = 0x01
+MAP_SHARED = 0x01  # also set in MAP_SHARED_VALIDATE (0x03)
+SHM_RDONLY = 0o10000
 
 _MREMAP_FLAGS: tuple[tuple[int, str], ...] = ((1, "maymove"), (2, "fixed"), (4, "dontunmap"))
 

@@ -77,6 +77,8 @@ class Tracer:
         self.child: HeldChild | None = None
         self.clock = WallClock(time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time_ns())
         self.enricher: Enricher | None = None
+        self._infos: list[procfs.ProcessInfo] = []
+        self._session: TracepointSession
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> TracepointSession:
@@ -102,10 +104,14 @@ class Tracer:
         return TracepointSession(offsets, headers.kernel_source, have_exit_mmap)
 
     # -- main -------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Everything that can refuse to trace, before any file is created or probe loaded."""
+        self._infos = [procfs.inspect_target(pid) for pid in self.opts.pids]
+        self._session = self._prepare()
+
     def run(self, started: float) -> int:
         opts = self.opts
-        infos = [procfs.inspect_target(pid) for pid in opts.pids]
-        session = self._prepare()
+        infos, session = self._infos, self._session
         released = True
         if opts.command:
             self.child = HeldChild(opts.command)

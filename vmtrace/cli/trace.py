@@ -29,9 +29,10 @@ def trace(
         verbose=verbose,
         argv=sys.argv,
     )
-    log_sink = JsonlSink(open_log(output, force), output) if output else None
     sinks: list[Sink] = []
     tracer = Tracer(opts, sinks, (lambda _m: None) if quiet else default_log)
+    tracer.preflight()
+    log_sink = JsonlSink(open_log(output, force), output) if output else None
     if log_sink is not None:
         sinks.append(log_sink)
     if json_stdout:

@@ -1,0 +1,186 @@
+"""Fixtures and helpers for the integration tests: build the C workload, run vmtrace, read logs.
+
+vmtrace is always run as `[sys.executable, "-m", "vmtrace", ...]` from the repository root, with
+PYTHONUNBUFFERED=1 so that its text and log reach us as they are written. Its stdout and stderr go
+to files (a pipe could fill up and stall it while the test waits for something else).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration._require import require
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKLOAD_SRC = Path(__file__).resolve().parent / "workload.c"
+
+# bcc compiles the BPF program when vmtrace starts: allow for a slow machine.
+START_TIMEOUT_S = 180.0
+RUN_TIMEOUT_S = 300.0
+
+Record = dict[str, Any]
+
+
+def vmtrace_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    pythonpath = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+    return env
+
+
+def vmtrace_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vmtrace", *args]
+
+
+@dataclass
+class VmtraceProc:
+    """A running vmtrace, its output going to files."""
+
+    proc: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = RUN_TIMEOUT_S) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(
+                f"vmtrace did not exit within {timeout:.0f} s: {self.proc.args!r}\n"
+                f"stderr:\n{tail(self.stderr())}"
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_vmtrace(
+    args: Sequence[str], workdir: Path, name: str = "vmtrace", **popen: Any
+) -> VmtraceProc:
+    """Start `python -m vmtrace ARGS`; stdout/stderr go to WORKDIR/NAME.{stdout,stderr}."""
+    stdout_path = workdir / f"{name}.stdout"
+    stderr_path = workdir / f"{name}.stderr"
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        proc = subprocess.Popen(
+            vmtrace_cmd(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=REPO_ROOT,
+            env=vmtrace_env(),
+            **popen,
+        )
+    return VmtraceProc(proc, stdout_path, stderr_path)
+
+
+def read_jsonl(path: Path) -> list[Record]:
+    """Every line of PATH as a JSON object; fails the test naming the first bad line."""
+    records: list[Record] = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                pytest.fail(f"{path}:{lineno}: not JSON ({e}): {line[:200]!r}")
+            if not isinstance(obj, dict):
+                pytest.fail(f"{path}:{lineno}: not a JSON object: {line[:200]!r}")
+            records.append(obj)
+    return records
+
+
+def first_record(path: Path) -> Record | None:
+    """The first complete line of PATH as JSON, or None if there is none yet."""
+    try:
+        with path.open() as f:
+            line = f.readline()
+    except FileNotFoundError:
+        return None
+    if not line.endswith("\n"):
+        return None
+    obj = json.loads(line)
+    return obj if isinstance(obj, dict) else None
+
+
+def wait_for_start(log: Path, vmt: VmtraceProc, timeout: float = START_TIMEOUT_S) -> Record:
+    """Wait until vmtrace has written (and flushed) its `start` record to LOG."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = first_record(log)
+        if rec is not None:
+            if rec.get("type") != "start":
+                pytest.fail(f"first record of {log} is not `start`: {rec!r}")
+            return rec
+        rc = vmt.proc.poll()
+        if rc is not None:
+            pytest.fail(
+                f"vmtrace exited with {rc} before writing its start record\n"
+                f"stderr:\n{tail(vmt.stderr())}"
+            )
+        if time.monotonic() > deadline:
+            vmt.kill()
+            pytest.fail(
+                f"no start record in {log} after {timeout:.0f} s\nstderr:\n{tail(vmt.stderr())}"
+            )
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def bpf_ready() -> None:
+    """Skip (or fail under VMTRACE_REQUIRE_BPF=1) when BPF tracing cannot work here."""
+    require(os.geteuid() == 0, "vmtrace loads BPF programs: the integration tests need root")
+    require(
+        importlib.util.find_spec("bcc") is not None,
+        "bcc (Debian's python3-bpfcc) is not importable from this Python",
+    )
+
+
+@pytest.fixture(scope="session")
+def workload_bin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tests/integration/workload.c, built once per session."""
+    gcc = shutil.which("gcc")
+    require(gcc is not None, "gcc is needed to build tests/integration/workload.c")
+    assert gcc is not None
+    out = tmp_path_factory.mktemp("workload") / "workload"
+    cmd = [
+        gcc,
+        "-O0",
+        "-pthread",
+        # one fault per 64 KiB frame in the stack-growth step, not one per page
+        "-fno-stack-clash-protection",
+        # no lazy symbol binding inside a measured step
+        "-Wl,-z,now",
+        "-Wall",
+        "-o",
+        str(out),
+        str(WORKLOAD_SRC),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.fail(f"building the workload failed: {' '.join(cmd)}\n{res.stderr}")
+    yield out

@@ -1,0 +1,154 @@
+"""vmtrace's BTF reader against bpftool's reading of the running kernel's BTF."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vmtrace.kernel.btf import DEFAULT_PATH, Btf
+from vmtrace.kernel.offsets import read_offsets
+
+# Whatever pytest's import mode, the helper next to this file is importable.
+sys.path.insert(0, str(Path(__file__).parent))
+from _require import require
+
+BPFTOOL_CANDIDATES = ("bpftool", "/usr/sbin/bpftool", "/sbin/bpftool")
+
+_TYPE = re.compile(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$")
+_MEMBER = re.compile(r"^\s+'([^']*)' type_id=(\d+) bits_offset=(\d+)(?: bitfield_size=(\d+))?")
+
+
+@dataclasses.dataclass
+class RawType:
+    kind: str
+    name: str
+    attrs: dict[str, str]
+    members: list[tuple[str, int, int, int]]  # name, type id, bit offset, bitfield size
+
+
+def _bpftool() -> str | None:
+    for candidate in BPFTOOL_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def raw_types() -> dict[int, RawType]:
+    require(os.path.exists(DEFAULT_PATH), f"no {DEFAULT_PATH} (kernel without BTF)")
+    bpftool = _bpftool()
+    require(bpftool is not None, "bpftool is not installed")
+    assert bpftool is not None
+    out = subprocess.run(
+        [bpftool, "btf", "dump", "file", DEFAULT_PATH, "format", "raw"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require(out.returncode == 0, f"bpftool btf dump failed: {out.stderr.strip()}")
+    types: dict[int, RawType] = {}
+    current: RawType | None = None
+    for line in out.stdout.splitlines():
+        m = _TYPE.match(line)
+        if m:
+            attrs = dict(re.findall(r"(\w+)=(\S+)", m.group(4)))
+            current = RawType(m.group(2), m.group(3), attrs, [])
+            types[int(m.group(1))] = current
+            continue
+        mm = _MEMBER.match(line)
+        if mm and current is not None and current.kind in ("STRUCT", "UNION"):
+            bitfield = int(mm.group(4) or 0)
+            current.members.append((mm.group(1), int(mm.group(2)), int(mm.group(3)), bitfield))
+    return types
+
+
+def _strip(types: dict[int, RawType], tid: int) -> int:
+    while types[tid].kind in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
+        tid = int(types[tid].attrs["type_id"])
+    return tid
+
+
+def _bits_of(types: dict[int, RawType], tid: int, member: str) -> int | None:
+    for name, _, bits, bitfield in types[tid].members:
+        if name == member:
+            assert bitfield == 0, f"{member} is a bitfield"
+            return bits
+    for name, m_type, bits, _ in types[tid].members:
+        if name == "(anon)":
+            inner = _strip(types, m_type)
+            if types[inner].kind in ("STRUCT", "UNION"):
+                found = _bits_of(types, inner, member)
+                if found is not None:
+                    return bits + found
+    return None
+
+
+def _struct(types: dict[int, RawType], name: str) -> int:
+    ids = [t for t, r in types.items() if r.kind == "STRUCT" and r.name == name]
+    assert ids, f"bpftool shows no struct {name}"
+    return min(ids)
+
+
+EXPECTED_MEMBERS = {
+    "task_mm": ("task_struct", "mm"),
+    "task_stack": ("task_struct", "stack"),
+    "mm_total_vm": ("mm_struct", "total_vm"),
+    "mm_hiwater_vm": ("mm_struct", "hiwater_vm"),
+    "mm_stack_vm": ("mm_struct", "stack_vm"),
+    "mm_hiwater_rss": ("mm_struct", "hiwater_rss"),
+    "pt_regs_orig_ax": ("pt_regs", "orig_ax"),
+    "pt_regs_di": ("pt_regs", "di"),
+    "pt_regs_si": ("pt_regs", "si"),
+    "pt_regs_dx": ("pt_regs", "dx"),
+    "pt_regs_r10": ("pt_regs", "r10"),
+    "pt_regs_r8": ("pt_regs", "r8"),
+    "pt_regs_r9": ("pt_regs", "r9"),
+    "pt_regs_sp": ("pt_regs", "sp"),
+    "pt_regs_ip": ("pt_regs", "ip"),
+}
+
+
+def _require_x86_64() -> None:
+    require(os.uname().machine == "x86_64", "vmtrace's offsets are x86_64 only")
+
+
+def test_every_btf_offset_matches_bpftool(raw_types: dict[int, RawType]) -> None:
+    _require_x86_64()
+    offsets = read_offsets()
+    for field, (struct_name, member) in EXPECTED_MEMBERS.items():
+        bits = _bits_of(raw_types, _struct(raw_types, struct_name), member)
+        assert bits is not None, f"bpftool shows no {struct_name}.{member}"
+        assert bits % 8 == 0
+        assert getattr(offsets, field) == bits // 8, f"{field} ({struct_name}.{member})"
+    pt_regs = raw_types[_struct(raw_types, "pt_regs")]
+    assert offsets.pt_regs_size == int(pt_regs.attrs["size"])
+    # Every field is checked: the BTF ones above, the config-derived ones by their range.
+    checked = set(EXPECTED_MEMBERS) | {"pt_regs_size", "thread_size", "stack_top_padding"}
+    assert checked == {f.name for f in dataclasses.fields(offsets)}
+    assert offsets.thread_size in (16384, 32768)
+    assert offsets.stack_top_padding in (0, 16)
+
+
+def test_struct_sizes_match_bpftool(raw_types: dict[int, RawType]) -> None:
+    btf = Btf.from_file()
+    for name in ("task_struct", "mm_struct", "pt_regs"):
+        expected = int(raw_types[_struct(raw_types, name)].attrs["size"])
+        assert btf.struct_size(name) == expected, name
+
+
+def test_read_offsets_is_fast() -> None:
+    _require_x86_64()
+    require(os.path.exists(DEFAULT_PATH), f"no {DEFAULT_PATH} (kernel without BTF)")
+    start = time.perf_counter()
+    read_offsets()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"read_offsets took {elapsed:.3f} s"
