@@ -72,9 +72,14 @@ class PeakEngine:
             p.contributions[("execve", "[exec image]")] = now
             return explained
 
-        before = max(p.vm_peak_kb, change.kernel_peak_kb_before)
+        # The kernel side tracks the peak per mm while holding mmap_lock, so its
+        # peak-before is exact for this change even when records arrive out of order (a
+        # change is sent at its syscall's exit, and threads exit in any order). Only
+        # without it (a baseline) does the engine's own running maximum decide.
+        before = change.kernel_peak_kb_before or p.vm_peak_kb
         after = max(before, now)
-        p.vm_peak_kb = after
+        is_highest = after >= p.vm_peak_kb
+        p.vm_peak_kb = max(p.vm_peak_kb, after)
         rtype: RecordType
         if kind in ("baseline", "exit"):
             rtype = kind
@@ -89,7 +94,8 @@ class PeakEngine:
         explained = Explained(rtype, change, before, after)
         if rtype == "peak":
             p.peaks += 1
-            p.set_by = explained
+            if is_highest:
+                p.set_by = explained
             where = change.mapping.path if change.mapping else "?"
             p.contributions[(change.cause, where)] += after - before
         elif rtype == "latch":

@@ -231,16 +231,35 @@ def test_exec_resets_the_peak_to_the_new_mm() -> None:
     assert (nxt.vm_peak_kb_before, nxt.vm_peak_kb) == (2500, 3000)
 
 
-def test_attach_time_proc_peak_higher_than_first_event_is_kept() -> None:
-    """GIVEN /proc said VmPeak 50000 kB at attach, while total_vm is 10000 kB (hiwater 0 as
-    far as the first event knows)
-    WHEN an mmap grows total_vm to 30000 kB
+def test_attach_time_proc_peak_is_used_when_the_kernel_peak_is_unknown() -> None:
+    """GIVEN /proc said VmPeak 50000 kB at attach, and a change whose record carries no
+    kernel peak (0: not seen by the probes yet)
+    WHEN it grows total_vm to 30000 kB
     THEN it is `grow`, not a peak, and VmPeak stays 50000 kB."""
     eng, tl = started(10_000, proc_peak=50_000)
-    e = eng.explain(tl.grow(20_000, kernel_peak_before=10_000))
+    e = eng.explain(tl.grow(20_000, kernel_peak_before=0))
     assert e.type == "grow"
     assert (e.vm_peak_kb_before, e.vm_peak_kb) == (50_000, 50_000)
     assert eng.expected_vm_peak_kb(PID) == 50_000
+
+
+def test_records_of_two_threads_arriving_out_of_order_keep_their_own_peaks() -> None:
+    """GIVEN VmPeak 10000 kB; thread A maps 100000 kB (kernel peak before: 10000), then
+    thread B maps 5000 kB (kernel peak before: 110000), and B's syscall exits first
+    WHEN B's record is explained before A's
+    THEN B is a peak 110000 -> 115000 and A a peak 10000 -> 110000; VmPeak ends at 115000,
+    set by B."""
+    eng, tl = started(10_000)
+    a = tl.grow(100_000)
+    b = tl.grow(5_000)
+    assert (a.kernel_peak_kb_before, b.kernel_peak_kb_before) == (10_000, 110_000)
+    eb = eng.explain(b)
+    ea = eng.explain(a)
+    assert (eb.type, eb.vm_peak_kb_before, eb.vm_peak_kb) == ("peak", 110_000, 115_000)
+    assert (ea.type, ea.vm_peak_kb_before, ea.vm_peak_kb) == ("peak", 10_000, 110_000)
+    assert eng.expected_vm_peak_kb(PID) == 115_000
+    (s,) = eng.summary()
+    assert s.set_by is eb
 
 
 def test_kernel_peak_before_higher_than_engines_is_respected() -> None:
