@@ -8,30 +8,70 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vmtrace.abi import COUNTER_LOST, COUNTER_STACK_ERR, DecodeError, KernelEvent, decode_event
 from vmtrace.errors import EnvironmentProblem, ProbeError
 from vmtrace.kernel.offsets import KernelOffsets
+from vmtrace.kernel.probesites import ProbePlan
 
 BPF_DIR = Path(os.environ.get("VMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
 
-# Tracepoints the tracepoint backend attaches; mmap:exit_mmap is optional (6.1+).
-TRACEPOINTS = (
-    "mmap_lock:mmap_lock_released",
-    *(
-        f"syscalls:sys_{d}_{s}"
-        for s in ("mmap", "munmap", "brk", "mremap", "shmat", "shmdt", "execve")
-        for d in ("enter", "exit")
-    ),
+BACKENDS = ("fentry", "kprobe", "tracepoint")  # best first: what `--backend auto` tries
+
+# Tracepoints every backend attaches (the syscall context), and the tracepoint backend's
+# own; mmap:exit_mmap is optional (6.1+).
+SYSCALL_TRACEPOINTS = tuple(
+    f"syscalls:sys_{d}_{s}"
+    for s in ("mmap", "munmap", "brk", "mremap", "shmat", "shmdt", "execve")
+    for d in ("enter", "exit")
 )
+TRACEPOINTS = ("mmap_lock:mmap_lock_released", *SYSCALL_TRACEPOINTS)
 OPTIONAL_TRACEPOINTS = ("mmap:exit_mmap",)
 
 # Records that fit the ring buffer before the kernel drops them: at ~5 µs a record for the
 # Python reader, 16 MiB (~95k records) absorbs a storm of several hundred ms.
 DEFAULT_RING_PAGES = 4096
 WAKEUP_EVERY = 512
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
+
+
+def load_source(name: str, bpf_dir: Path = BPF_DIR, _seen: frozenset[str] = frozenset()) -> str:
+    """A backend's C source with our own quoted includes inlined.
+
+    bcc generates the argument structs of TRACEPOINT_PROBE, and rewrites map calls, only in
+    its main file; the syscall tracepoints shared by every backend live in trace_core.h, so
+    the headers are pasted in (with #line markers, so compiler errors name the real file).
+    """
+    path = bpf_dir / name
+    if name in _seen:
+        return ""  # include guard
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ProbeError(
+            f"failed to load BPF source {path}: {e.strerror} (set VMTRACE_BPF_DIR)"
+        ) from None
+
+    def inline(m: re.Match[str]) -> str:
+        body = load_source(m.group(1), bpf_dir, _seen | {name})
+        line = text.count("\n", 0, m.end()) + 1
+        return f'#line 1 "{bpf_dir / m.group(1)}"\n{body}\n#line {line} "{path}"'
+
+    return _LOCAL_INCLUDE.sub(inline, text)
+
+
+def _identifier(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ProbeError(f"failed to build the fentry backend: {name!r} is not a C identifier")
+    return name
 
 
 def import_bcc() -> Any:
@@ -45,16 +85,51 @@ def import_bcc() -> Any:
     return bcc
 
 
-class TracepointSession:
-    backend = "tracepoint"
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what libbcc and clang print on fd 2 (they bypass sys.stderr), so a failed
+    attempt can be summed up in one line instead of a page of diagnostics."""
+    out: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "failed" in ln.lower() or "permission" in ln.lower():
+            return ln
+    return lines[-1] if lines else ""
+
+
+class BccSession:
+    """One backend's programs, compiled and attached; `backend` is tracepoint, kprobe or
+    fentry (bpf/<backend>.c)."""
 
     def __init__(
         self,
+        backend: str,
         offsets: KernelOffsets,
         kernel_source: str | None,
         have_exit_mmap: bool,
+        plan: ProbePlan | None = None,
         ring_pages: int = DEFAULT_RING_PAGES,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ProbeError(f"failed to build backend {backend}: unknown backend")
+        if backend != "tracepoint" and plan is None:
+            raise ProbeError(f"failed to build the {backend} backend: no probe sites resolved")
+        self.backend = backend
+        self.plan = plan
         self._offsets = offsets
         self._kernel_source = kernel_source
         self._have_exit_mmap = have_exit_mmap
@@ -62,13 +137,10 @@ class TracepointSession:
         self._bpf: Any = None
         self._batch: list[KernelEvent] = []
         self.decode_errors = 0
+        self.diagnostics = ""
 
-    def open(self) -> None:
-        bcc = import_bcc()
-        if self._kernel_source:
-            os.environ["BCC_KERNEL_SOURCE"] = self._kernel_source
+    def _cflags(self) -> list[str]:
         cflags = [
-            f"-I{BPF_DIR}",
             *self._offsets.cflags(),
             f"-DVMT_RINGBUF_PAGES={self._ring_pages}",
             f"-DVMT_WAKEUP_EVERY={WAKEUP_EVERY}",
@@ -76,17 +148,49 @@ class TracepointSession:
         ]
         if self._have_exit_mmap:
             cflags.append("-DVMT_HAVE_EXIT_MMAP=1")
-        src = BPF_DIR / "tracepoint.c"
-        if not src.exists():
-            raise ProbeError(f"failed to load BPF source: {src} is missing (set VMTRACE_BPF_DIR)")
+        if self.backend == "fentry" and self.plan is not None:
+            # Names come from probesites' fixed tables, checked against BTF: identifiers only.
+            for i, name in enumerate(self.plan.after_write[:4]):
+                cflags.append(f"-DVMT_FEXIT_{i}={_identifier(name)}")
+            if self.plan.before_unmap:
+                cflags.append(f"-DVMT_FENTRY_UNMAP={_identifier(self.plan.before_unmap[0])}")
+        return cflags
+
+    def open(self, quiet: bool = True) -> None:
+        """Compile, load and attach. `quiet` keeps bcc's diagnostics out of the terminal
+        (a page of clang output, or a bare "Need super-user privileges" for an EPERM);
+        the error then carries their gist, and `diagnostics` all of it."""
+        bcc = import_bcc()
+        if self._kernel_source:
+            os.environ["BCC_KERNEL_SOURCE"] = self._kernel_source
+        text = load_source(f"{self.backend}.c")
+        noise: list[str] = []
+        capture: contextlib.AbstractContextManager[list[str]] = (
+            _captured_stderr() if quiet else contextlib.nullcontext(noise)
+        )
         try:
-            self._bpf = bcc.BPF(src_file=str(src).encode(), cflags=cflags)
+            with capture as noise:
+                self._bpf = bcc.BPF(text=text.encode(), cflags=self._cflags())
+                self._attach_probes()
         except Exception as e:
-            raise ProbeError(
-                f"failed to compile or attach the tracepoint backend: {str(e).strip()} "
-                "(rerun with -v for the headers used)"
-            ) from None
+            self.diagnostics = "".join(noise)
+            detail = str(e).strip() or type(e).__name__
+            gist = _last_error_line(self.diagnostics)
+            if gist and gist not in detail:
+                detail = f"{gist} ({detail})"
+            self.close()
+            raise ProbeError(f"failed to load the {self.backend} backend: {detail}") from None
         self._bpf["events"].open_ring_buffer(self._on_record)
+
+    def _attach_probes(self) -> None:
+        if self.backend != "kprobe" or self.plan is None:
+            return  # tracepoints and fentry/fexit programs attach themselves when loaded
+        for sym in self.plan.after_write:
+            self._bpf.attach_kretprobe(event=sym, fn_name="vmt_after_write")
+        for sym in self.plan.before_unmap:
+            self._bpf.attach_kprobe(event=sym, fn_name="vmt_before_unmap")
+        if not self._have_exit_mmap and self.plan.exit_mmap:
+            self._bpf.attach_kprobe(event=self.plan.exit_mmap, fn_name="vmt_exit_mmap")
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> None:
         try:

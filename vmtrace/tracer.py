@@ -19,16 +19,17 @@ from types import FrameType
 
 from vmtrace import __version__, procfs, schema
 from vmtrace.abi import EventKind, KernelEvent
+from vmtrace.backends import KernelSurvey, candidates
 from vmtrace.child import HeldChild
 from vmtrace.engine import PeakEngine
 from vmtrace.enrich import Enricher
-from vmtrace.errors import VmtraceError
+from vmtrace.errors import EnvironmentProblem, ProbeError, VmtraceError
 from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
-from vmtrace.kernel.tracefs import missing_tracepoints, tracefs_root
+from vmtrace.kernel.tracefs import tracefs_root
 from vmtrace.records import Explained
-from vmtrace.session import OPTIONAL_TRACEPOINTS, TRACEPOINTS, TracepointSession
+from vmtrace.session import BccSession
 from vmtrace.sinks import Sink
 from vmtrace.units import WallClock
 
@@ -42,6 +43,7 @@ class TraceOptions:
     command: list[str] | None = None
     duration: float | None = None
     interval: float = 1.0
+    backend: str = "auto"
     verbose: int = 0
     argv: Sequence[str] = ()
 
@@ -69,7 +71,7 @@ class Tracer:
         self.opts = opts
         self.sinks = sinks
         self.log = log
-        self.session: TracepointSession | None = None
+        self.session: BccSession | None = None
         self.engine = PeakEngine()
         self.targets: dict[int, _Target] = {}
         self.events = 0
@@ -78,20 +80,23 @@ class Tracer:
         self.clock = WallClock(time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time_ns())
         self.enricher: Enricher | None = None
         self._infos: list[procfs.ProcessInfo] = []
-        self._session: TracepointSession
+        self._sessions: list[BccSession] = []
+        self._unusable: list[str] = []
+        self.backend_reason = ""
 
     # -- set-up -----------------------------------------------------------------------
-    def _prepare(self) -> TracepointSession:
+    def _prepare(self) -> list[BccSession]:
+        """The sessions to try, best first; refuses when none can run on this kernel."""
         check_tracing_privileges()
-        root = tracefs_root()
-        missing = missing_tracepoints(root, TRACEPOINTS)
-        if missing:
-            raise VmtraceError(
-                "failed to find the tracepoints the tracepoint backend needs: "
-                f"{', '.join(missing)} (this kernel is too old or lacks CONFIG_MMAP_LOCK_STATS"
-                " tracing; vmtrace needs 5.15+)"
+        survey = KernelSurvey(tracefs_root())
+        found = candidates(self.opts.backend, survey)
+        self._unusable = [f"{c.name}: {c.reason}" for c in found if not c.usable]
+        usable = [c for c in found if c.usable]
+        if not usable:
+            fix = "" if self.opts.backend == "auto" else " (fix: --backend auto)"
+            raise EnvironmentProblem(
+                f"failed to use the {self.opts.backend} backend: {'; '.join(self._unusable)}{fix}"
             )
-        have_exit_mmap = not missing_tracepoints(root, OPTIONAL_TRACEPOINTS)
         offsets = read_offsets()
         headers = choose_headers()
         if self.opts.verbose:
@@ -101,17 +106,46 @@ class Tracer:
                 f"{offsets.mm_total_vm} hiwater_vm={offsets.mm_hiwater_vm} stack_vm="
                 f"{offsets.mm_stack_vm}"
             )
-        return TracepointSession(offsets, headers.kernel_source, have_exit_mmap)
+            for reason in self._unusable:
+                self.log(f"backend {reason}")
+        return [
+            BccSession(c.name, offsets, headers.kernel_source, survey.have_exit_mmap, c.plan)
+            for c in usable
+        ]
+
+    def _open_backend(self) -> BccSession:
+        """Load the first candidate that loads; say which and why in backend_reason."""
+        tried = list(self._unusable)
+        for i, session in enumerate(self._sessions):
+            last = i == len(self._sessions) - 1
+            try:
+                session.open()
+            except ProbeError as e:
+                if self.opts.verbose > 1 and session.diagnostics:
+                    self.log(f"bcc said, loading {session.backend}:\n{session.diagnostics}")
+                if last:
+                    raise ProbeError(
+                        "; ".join([*tried, str(e)]) if tried else str(e)
+                    ) from None
+                tried.append(f"{session.backend}: {e}")
+                if self.opts.verbose:
+                    self.log(f"backend {session.backend} did not load: {e}")
+                continue
+            sites = f" ({session.plan.describe()})" if session.plan else ""
+            why = "requested" if self.opts.backend != "auto" else "auto: best that attached"
+            self.backend_reason = "; ".join([f"{why}{sites}", *tried])
+            return session
+        raise ProbeError("failed to load any backend")  # unreachable: _prepare refuses none
 
     # -- main -------------------------------------------------------------------------
     def preflight(self) -> None:
         """Everything that can refuse to trace, before any file is created or probe loaded."""
         self._infos = [procfs.inspect_target(pid) for pid in self.opts.pids]
-        self._session = self._prepare()
+        self._sessions = self._prepare()
 
     def run(self, started: float) -> int:
         opts = self.opts
-        infos, session = self._infos, self._session
+        infos = self._infos
         released = True
         if opts.command:
             self.child = HeldChild(opts.command)
@@ -121,9 +155,9 @@ class Tracer:
         old_int = signal.signal(signal.SIGINT, stop)
         old_term = signal.signal(signal.SIGTERM, stop)
         reason = "error"
+        session: BccSession | None = None
         try:
-            session.open()
-            self.session = session
+            session = self.session = self._open_backend()
             self.enricher = Enricher(
                 os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, session.symbolize
             )
@@ -144,7 +178,8 @@ class Tracer:
                 if self.session is not None:
                     self._finish(reason)
             finally:
-                session.close()
+                if session is not None:
+                    session.close()
         if self.child is not None:
             rc = self.child.wait()
             return rc if rc >= 0 else 128 - rc
@@ -169,8 +204,8 @@ class Tracer:
                 self.clock,
                 vmtrace_version=__version__,
                 kernel=os.uname().release,
-                backend="tracepoint",
-                backend_reason="tracepoints only (kprobe and fentry backends not built yet)",
+                backend=self.session.backend if self.session else "?",
+                backend_reason=self.backend_reason,
                 page_size=os.sysconf("SC_PAGE_SIZE"),
                 user={"uid": os.getuid(), "name": user, "sudo_user": os.environ.get("SUDO_USER")},
                 argv=self.opts.argv,
@@ -189,7 +224,8 @@ class Tracer:
         self._flush()
         pids = ", ".join(f"{i.pid} ({i.comm})" for i in infos)
         self.log(
-            f"tracing {pids} with the tracepoint backend (attached in {attach_seconds:.2f} s); "
+            f"tracing {pids} with the {self.session.backend if self.session else '?'} backend "
+            f"(attached in {attach_seconds:.2f} s); "
             "Ctrl-C to stop"
         )
 

@@ -7,6 +7,7 @@ to files (a pipe could fill up and stall it while the test waits for something e
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -184,3 +185,34 @@ def workload_bin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if res.returncode != 0:
         pytest.fail(f"building the workload failed: {' '.join(cmd)}\n{res.stderr}")
     yield out
+
+
+@functools.cache
+def doctor_report() -> dict[str, Any]:
+    """`vmtrace doctor --json` on this machine (loads each backend once), or {} if it cannot
+    run (not root: the tests skip on their own)."""
+    if os.geteuid() != 0:
+        return {}
+    proc = subprocess.run(
+        vmtrace_cmd("doctor", "--json"),
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=vmtrace_env(),
+        timeout=300,
+    )
+    try:
+        report: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {}
+    return report
+
+
+def backends_under_test() -> list[str]:
+    """The backends the workload tests run with: VMTRACE_TEST_BACKENDS (space separated), else
+    every backend that `vmtrace doctor` loaded on this kernel (tracepoint if it cannot tell)."""
+    chosen = os.environ.get("VMTRACE_TEST_BACKENDS", "").split()
+    if chosen:
+        return chosen
+    working = doctor_report().get("working") or []
+    return [str(b) for b in working] or ["tracepoint"]

@@ -22,6 +22,7 @@ import pytest
 from tests.integration.conftest import (
     RUN_TIMEOUT_S,
     Record,
+    backends_under_test,
     read_jsonl,
     start_vmtrace,
     tail,
@@ -180,11 +181,23 @@ def _read_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
     return pid
 
 
-def _trace_run(workload: Path, workdir: Path) -> tuple[int, str, str]:
+def _trace_run(workload: Path, workdir: Path, backend: str) -> tuple[int, str, str]:
     log = workdir / "vmtrace.jsonl"
     steps = workdir / "steps.jsonl"
     vmt = start_vmtrace(
-        ["run", *INTERVAL, "-o", str(log), "--", str(workload), "--out", str(steps)], workdir
+        [
+            "run",
+            "--backend",
+            backend,
+            *INTERVAL,
+            "-o",
+            str(log),
+            "--",
+            str(workload),
+            "--out",
+            str(steps),
+        ],
+        workdir,
     )
     rc = vmt.wait()
     if rc != 0:
@@ -196,7 +209,7 @@ def _trace_run(workload: Path, workdir: Path) -> tuple[int, str, str]:
     return rc, vmt.stdout(), vmt.stderr()
 
 
-def _trace_attach(workload: Path, workdir: Path) -> tuple[int, str, str]:
+def _trace_attach(workload: Path, workdir: Path, backend: str) -> tuple[int, str, str]:
     log = workdir / "vmtrace.jsonl"
     steps = workdir / "steps.jsonl"
     wl_err = workdir / "workload.stderr"
@@ -211,7 +224,9 @@ def _trace_attach(workload: Path, workdir: Path) -> tuple[int, str, str]:
     try:
         pid = _read_ready(wl)
         assert pid == wl.pid, f"workload says it is pid {pid}, Popen says {wl.pid}"
-        vmt = start_vmtrace(["-p", str(pid), *INTERVAL, "-o", str(log)], workdir)
+        vmt = start_vmtrace(
+            ["-p", str(pid), "--backend", backend, *INTERVAL, "-o", str(log)], workdir
+        )
         start = wait_for_start(log, vmt)
         assert start.get("version") == 1, f"start record: {start!r}"
         assert wl.stdin is not None
@@ -238,29 +253,40 @@ def _trace_attach(workload: Path, workdir: Path) -> tuple[int, str, str]:
             vmt.kill()
 
 
-@pytest.fixture(scope="module", params=["run", "attach"])
+BACKEND_MODES = [(b, m) for b in backends_under_test() for m in ("run", "attach")]
+
+
+@pytest.fixture(
+    scope="module", params=BACKEND_MODES, ids=[f"{b}-{m}" for b, m in BACKEND_MODES]
+)
 def trace(
     request: pytest.FixtureRequest,
     bpf_ready: None,
     workload_bin: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Trace:
-    mode: str = request.param
-    workdir = tmp_path_factory.mktemp(f"trace-{mode}")
+    backend, mode = request.param
+    workdir = tmp_path_factory.mktemp(f"trace-{backend}-{mode}")
     if mode == "run":
-        _, stdout, stderr = _trace_run(workload_bin, workdir)
+        _, stdout, stderr = _trace_run(workload_bin, workdir, backend)
     else:
-        _, stdout, stderr = _trace_attach(workload_bin, workdir)
+        _, stdout, stderr = _trace_attach(workload_bin, workdir, backend)
     log = workdir / "vmtrace.jsonl"
     if not log.exists():
         pytest.fail(f"vmtrace wrote no log at {log}\nstderr:\n{tail(stderr)}", pytrace=False)
     steps = [Step.from_json(d) for d in read_jsonl(workdir / "steps.jsonl")]
     if not steps:
         pytest.fail("the workload wrote no steps", pytrace=False)
+    records = read_jsonl(log)
+    if records and records[0].get("backend") != backend:
+        pytest.fail(
+            f"asked for --backend {backend}, the start record says {records[0].get('backend')}",
+            pytrace=False,
+        )
     return Trace(
-        mode=mode,
+        mode=f"{backend}/{mode}",
         steps=steps,
-        records=read_jsonl(log),
+        records=records,
         stdout=stdout,
         stderr=stderr,
         workload_pid=steps[0].pid,
@@ -308,7 +334,7 @@ def test_log_framing(trace: Trace) -> None:
     if starts != [0] or ends != [len(recs) - 1]:
         problems.append(f"start at lines {starts}, end at lines {ends} (0-based)")
     samples = trace.of_type("sample")
-    if trace.mode == "attach" and not samples:
+    if trace.mode.endswith("/attach") and not samples:
         problems.append("no `sample` record, although --interval 0.05 and the run takes > 0.1 s")
     for r in samples:
         if r.get("match") is not True:

@@ -10,7 +10,11 @@ from typing import Any, TypeVar
 import click
 
 from vmtrace import __version__
+from vmtrace.cli.doctor import doctor_cmd
 from vmtrace.errors import VmtraceError
+
+# Kept here rather than imported, so `vmtrace --help` loads nothing of the tracer.
+BACKEND_CHOICES = ("auto", "fentry", "kprobe", "tracepoint")
 
 _STARTED = time.monotonic()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,6 +49,14 @@ def common_options(f: F) -> F:
             help="Write the JSONL event log to FILE.",
         ),
         click.option("--force", is_flag=True, help="Overwrite an existing output file."),
+        click.option(
+            "--backend",
+            type=click.Choice(BACKEND_CHOICES),
+            default="auto",
+            show_default=True,
+            help="How to observe the kernel; auto takes the best that attaches "
+            "(fentry, kprobe, tracepoint) and says which and why.",
+        ),
         click.option(
             "-d",
             "--duration",
@@ -121,6 +133,9 @@ def run_cmd(ctx: click.Context, /, command: tuple[str, ...], **kw: Any) -> None:
     from vmtrace.cli.trace import trace
 
     ctx.exit(trace(started=_STARTED, pids=[], command=list(command), **kw))
+
+
+cli.add_command(doctor_cmd)
 
 
 def main() -> None:

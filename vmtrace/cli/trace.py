@@ -17,6 +17,7 @@ def trace(
     force: bool,
     duration: float | None,
     interval: float,
+    backend: str,
     json_stdout: bool,
     verbose: int,
     quiet: bool,
@@ -26,6 +27,7 @@ def trace(
         command=command,
         duration=duration,
         interval=interval,
+        backend=backend,
         verbose=verbose,
         argv=sys.argv,
     )

@@ -136,6 +136,10 @@ class Btf:
 
     # ----------------------------------------------------------------- parsing
 
+    def has_function(self, name: str) -> bool:
+        """Whether BTF describes function `name` (what fentry/fexit programs attach to)."""
+        return any(off in self._funcs for off in self._name_offsets(name))
+
     def _bad(self, reason: str) -> EnvironmentProblem:
         return EnvironmentProblem(f"failed to parse BTF from {self._source}: {reason}")
 
@@ -179,6 +183,7 @@ class Btf:
         n = len(words)
         starts = array("l", [0])  # type id 0 is void and has no record
         by_name: dict[int, list[int]] = {}
+        funcs: set[int] = set()
         fixed = _EXTRA_FIXED
         per_item = _EXTRA_PER_ITEM
         known = _KNOWN_KINDS
@@ -197,6 +202,9 @@ class Btf:
                 if name_off:
                     by_name.setdefault(name_off, []).append(tid)
                 pos += 3 + 3 * (info & 0xFFFF)
+            elif kind == KIND_FUNC:
+                funcs.add(words[pos])
+                pos += 3
             elif kind in known:
                 pos += 3 + fixed.get(kind, 0) + per_item.get(kind, 0) * (info & 0xFFFF)
             else:
@@ -206,6 +214,7 @@ class Btf:
         # Type id -> word index of its record, and struct/union ids by name offset.
         self._starts = starts
         self._by_name = by_name
+        self._funcs = funcs
 
     # ----------------------------------------------------------------- lookups
 

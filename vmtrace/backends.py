@@ -1,0 +1,115 @@
+"""Which backend can trace on this kernel, and with which probe sites.
+
+Reads only files (tracefs, /proc/kallsyms, BTF); loading programs is the session's job.
+`vmtrace doctor` and `--backend auto` both start from `survey()`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from vmtrace.kernel.btf import Btf
+from vmtrace.kernel.probesites import (
+    NoSites,
+    ProbePlan,
+    filter_functions,
+    kallsyms_text_symbols,
+    resolve_fentry_sites,
+    resolve_kprobe_sites,
+)
+from vmtrace.kernel.tracefs import missing_tracepoints
+from vmtrace.session import BACKENDS, OPTIONAL_TRACEPOINTS, SYSCALL_TRACEPOINTS, TRACEPOINTS
+
+CHOICES = ("auto", *BACKENDS)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A backend and its probe sites, or why it cannot run here (`reason` set)."""
+
+    name: str
+    plan: ProbePlan | None = None
+    reason: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.reason is None
+
+
+@dataclass
+class KernelSurvey:
+    tracefs: str
+    btf_path: str = "/sys/kernel/btf/vmlinux"
+    kallsyms_path: str = "/proc/kallsyms"
+    _btf: Btf | None = field(default=None, repr=False)
+
+    @cached_property
+    def missing_tracepoints(self) -> list[str]:
+        return missing_tracepoints(self.tracefs, TRACEPOINTS)
+
+    @cached_property
+    def have_exit_mmap(self) -> bool:
+        return not missing_tracepoints(self.tracefs, OPTIONAL_TRACEPOINTS)
+
+    @cached_property
+    def kprobes(self) -> bool:
+        # CONFIG_KPROBES off removes the kprobe_events interface (and the PMU).
+        return os.path.exists(os.path.join(self.tracefs, "kprobe_events")) or os.path.exists(
+            "/sys/bus/event_source/devices/kprobe"
+        )
+
+    @cached_property
+    def kallsyms(self) -> set[str]:
+        with open(self.kallsyms_path, encoding="utf-8", errors="replace") as f:
+            return kallsyms_text_symbols(f.read())
+
+    @cached_property
+    def traceable(self) -> set[str] | None:
+        path = os.path.join(self.tracefs, "available_filter_functions")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return filter_functions(f.read())
+        except OSError:
+            return None
+
+    @property
+    def btf(self) -> Btf:
+        if self._btf is None:
+            self._btf = Btf.from_file(self.btf_path)
+        return self._btf
+
+    def candidate(self, name: str) -> Candidate:
+        missing_syscalls = [t for t in self.missing_tracepoints if t in SYSCALL_TRACEPOINTS]
+        if missing_syscalls:
+            return Candidate(name, reason=f"missing tracepoints {', '.join(missing_syscalls)}")
+        if name == "tracepoint":
+            if self.missing_tracepoints:
+                return Candidate(
+                    name,
+                    reason=f"missing tracepoint {', '.join(self.missing_tracepoints)} (5.15+)",
+                )
+            return Candidate(name)
+        if name == "kprobe":
+            if not self.kprobes:
+                return Candidate(
+                    name,
+                    reason="this kernel has no kprobes (CONFIG_KPROBES is off: no kprobe_events)",
+                )
+            try:
+                return Candidate(name, resolve_kprobe_sites(self.kallsyms, self.traceable))
+            except NoSites as e:
+                return Candidate(name, reason=str(e))
+        if name == "fentry":
+            try:
+                return Candidate(name, resolve_fentry_sites(self.btf.has_function))
+            except NoSites as e:
+                return Candidate(name, reason=str(e))
+        return Candidate(name, reason=f"unknown backend {name!r}")
+
+
+def candidates(requested: str, survey: KernelSurvey) -> list[Candidate]:
+    """The backends to try, best first: all of them for `auto`, else just the one asked."""
+    names = BACKENDS if requested == "auto" else (requested,)
+    return [survey.candidate(n) for n in names]
