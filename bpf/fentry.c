@@ -1,6 +1,6 @@
 /* vmtrace fentry backend: the kprobe backend's sites through BPF trampolines (cheaper,
  * no kretprobe instance limit). Functions must be in BTF; the session passes each
- * resolved name as a -D macro (VMT_FEXIT_0..3, VMT_FENTRY_UNMAP), chosen from the fixed
+ * resolved name as a -D macro (VMT_FEXIT_0..5, VMT_FENTRY_UNMAP), chosen from the fixed
  * table in vmtrace/kernel/probesites.py and checked to be an identifier, never a string
  * from the command line.
  */
@@ -22,6 +22,12 @@ VMT_AFTER(VMT_FEXIT_2)
 #endif
 #ifdef VMT_FEXIT_3
 VMT_AFTER(VMT_FEXIT_3)
+#endif
+#ifdef VMT_FEXIT_4
+VMT_AFTER(VMT_FEXIT_4)
+#endif
+#ifdef VMT_FEXIT_5
+VMT_AFTER(VMT_FEXIT_5)
 #endif
 #ifdef VMT_FENTRY_UNMAP
 VMT_BEFORE(VMT_FENTRY_UNMAP)

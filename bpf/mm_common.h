@@ -17,14 +17,20 @@ struct mm_snap {
 	u64 stack_vm;
 };
 
-/* Per traced process (tgid); user space creates the entry with mm == 0. */
+/* Per traced process (tgid); user space (or an auto-add rule) creates it with mm == 0. */
 struct target_state {
 	u64 mm;          /* the mm these counters belong to; changes at execve */
 	u64 total_vm;    /* last values accounted for (emitted or attributed) */
 	u64 hiwater_vm;
 	u64 stack_vm;
 	u64 peak;        /* max(total_vm, hiwater_vm) ever seen for this mm */
+	u64 hwm_sent;    /* VmHWM (pages) in the last HWM record (or at first sight) */
 };
+
+/* mm->rss_stat indexes (include/linux/mm_types_task.h) */
+#define VMT_MM_FILEPAGES 0
+#define VMT_MM_ANONPAGES 1
+#define VMT_MM_SHMEMPAGES 3
 
 static __always_inline u64 vmt_read_u64(u64 addr)
 {
@@ -43,6 +49,21 @@ static __always_inline void vmt_read_mm(u64 mm, struct mm_snap *s)
 	s->total_vm = vmt_read_u64(mm + VMT_OFF_MM_TOTAL_VM);
 	s->hiwater_vm = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_VM);
 	s->stack_vm = vmt_read_u64(mm + VMT_OFF_MM_STACK_VM);
+}
+
+static __always_inline s64 vmt_rss_counter(u64 mm, int member)
+{
+	u64 at = mm + VMT_OFF_MM_RSS_STAT + member * VMT_OFF_RSS_STRIDE + VMT_OFF_RSS_COUNT;
+	return (s64)vmt_read_u64(at);
+}
+
+/* get_mm_rss() as /proc computes it: each counter's shared value, negatives as 0 */
+static __always_inline u64 vmt_read_rss(u64 mm)
+{
+	s64 file = vmt_rss_counter(mm, VMT_MM_FILEPAGES);
+	s64 anon = vmt_rss_counter(mm, VMT_MM_ANONPAGES);
+	s64 shmem = vmt_rss_counter(mm, VMT_MM_SHMEMPAGES);
+	return (u64)(file > 0 ? file : 0) + (u64)(anon > 0 ? anon : 0) + (u64)(shmem > 0 ? shmem : 0);
 }
 
 static __always_inline u64 vmt_max(u64 a, u64 b)

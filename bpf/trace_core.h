@@ -42,12 +42,50 @@ struct inflight_call {
 	struct vmt_event pending;      /* the change made inside the call, sent at exit */
 };
 
-BPF_HASH(targets, u32, struct target_state, 1024);
+#ifndef VMT_MAX_TARGETS
+#define VMT_MAX_TARGETS 1024
+#endif
+
+struct vmt_comm_key {
+	char comm[VMT_COMM_LEN];
+};
+
+BPF_HASH(targets, u32, struct target_state, VMT_MAX_TARGETS);
+BPF_ARRAY(config, struct vmt_config, 1);
+BPF_HASH(comms, struct vmt_comm_key, u8, 64);
 BPF_TABLE("lru_hash", u32, struct inflight_call, inflight, 16384);
 BPF_RINGBUF_OUTPUT(events, VMT_RINGBUF_PAGES);
 BPF_STACK_TRACE(stacks, 16384);
 BPF_PERCPU_ARRAY(counters, u64, VMT_CNT_MAX);
 BPF_PERCPU_ARRAY(scratch, struct vmt_event, 1);
+
+/* The traced state of process `tgid`, creating it when an auto-add rule (--all, --cgroup,
+ * --comm) covers the current task; NULL when the process is not traced. */
+static __always_inline struct target_state *target_of(u32 tgid)
+{
+	struct target_state *st = targets.lookup(&tgid);
+	if (st)
+		return st;
+	int zero = 0;
+	struct vmt_config *cfg = config.lookup(&zero);
+	if (!cfg || !(cfg->all || cfg->cgroup_id || cfg->comm_filter))
+		return 0;
+	if (vmt_current_mm() == 0)
+		return 0;  /* kernel threads have no address space to explain */
+	int covered = cfg->all;
+	if (!covered && cfg->cgroup_id)
+		covered = bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level) == cfg->cgroup_id;
+	if (!covered && cfg->comm_filter) {
+		struct vmt_comm_key key = {};
+		bpf_get_current_comm(&key.comm, sizeof(key.comm));
+		covered = comms.lookup(&key) != 0;
+	}
+	if (!covered)
+		return 0;
+	struct target_state fresh = {};
+	targets.insert(&tgid, &fresh);
+	return targets.lookup(&tgid);
+}
 
 static __always_inline void count(int idx)
 {
@@ -56,8 +94,29 @@ static __always_inline void count(int idx)
 		(*c)++;
 }
 
+/* --min-delta: changes that neither raise VmPeak by enough nor latch hiwater_vm stay in
+ * the kernel; the peak is still tracked exactly (targets map), so the next record and the
+ * samples remain right. */
+static __always_inline int worth_sending(struct vmt_event *e)
+{
+	if (e->kind != VMT_KIND_SYSCALL && e->kind != VMT_KIND_OTHER)
+		return 1;
+	int zero = 0;
+	struct vmt_config *cfg = config.lookup(&zero);
+	if (!cfg || cfg->min_delta_pages == 0)
+		return 1;
+	if (e->hiwater_vm_after != e->hiwater_vm_before)
+		return 1;
+	return (e->flags & VMT_FLAG_NEW_PEAK) &&
+	       e->total_vm_after >= e->peak_before + cfg->min_delta_pages;
+}
+
 static __always_inline void submit(struct vmt_event *e)
 {
+	if (!worth_sending(e)) {
+		count(VMT_CNT_FILTERED);
+		return;
+	}
 	int idx = VMT_CNT_EMITTED;
 	u64 *emitted = counters.lookup(&idx);
 	u64 n = emitted ? *emitted : 0;
@@ -86,8 +145,21 @@ static __always_inline struct vmt_event *new_event(u32 kind, u32 tgid, u32 tid)
 	e->tid = tid;
 	e->kind = kind;
 	e->stack_id = -1;
+	e->rss_member = -1;
+	e->cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	return e;
+}
+
+static __always_inline void fill_rss(struct vmt_event *e, u64 mm)
+{
+	e->rss_after = vmt_read_rss(mm);
+	e->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+}
+
+static __always_inline u64 vmt_vmhwm(u64 mm)
+{
+	return vmt_max(vmt_read_rss(mm), vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS));
 }
 
 static __always_inline void fill_change(struct vmt_event *e, struct target_state *st,
@@ -102,6 +174,7 @@ static __always_inline void fill_change(struct vmt_event *e, struct target_state
 	e->stack_vm_after = now->stack_vm;
 	if (now->total_vm > st->peak)
 		e->flags |= VMT_FLAG_NEW_PEAK;
+	fill_rss(e, st->mm ? st->mm : vmt_current_mm());
 }
 
 /* The counters `now` are accounted for; `with_peak` also raises the mm's peak. */
@@ -129,9 +202,11 @@ static __always_inline void baseline(struct target_state *st, u64 mm, struct mm_
 {
 	st->peak = 0;
 	accept(st, mm, now, 1);
+	st->hwm_sent = vmt_vmhwm(mm);
 	struct vmt_event *e = new_event(VMT_KIND_BASELINE, tgid, tid);
 	if (!e)
 		return;
+	fill_rss(e, mm);
 	/* no change to explain: before and after are both what the probes first saw */
 	e->total_vm_before = e->total_vm_after = now->total_vm;
 	e->hiwater_vm_before = e->hiwater_vm_after = now->hiwater_vm;
@@ -146,7 +221,7 @@ static __always_inline void vmt_observe(void *ctx, u64 mm)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	struct target_state *st = targets.lookup(&tgid);
+	struct target_state *st = target_of(tgid);
 	if (!st)
 		return;
 	/* Someone else's mm (exec building the new one, a remote reader): not ours to judge. */
@@ -214,7 +289,7 @@ static __always_inline int on_enter(s32 nr, u64 a0, u64 a1, u64 a2, u64 a3, u64 
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	struct target_state *st = targets.lookup(&tgid);
+	struct target_state *st = target_of(tgid);
 	if (!st)
 		return 0;
 	u64 mm = vmt_current_mm();
@@ -263,12 +338,14 @@ static __always_inline int on_exit(void *ctx, s64 ret)
 				e->total_vm_after = now.total_vm;
 				e->hiwater_vm_after = now.hiwater_vm;
 				e->stack_vm_after = now.stack_vm;
+				fill_rss(e, mm);
 				__builtin_memcpy(e->args, call->args, sizeof(e->args));
 				user_stack(ctx, e);
 				submit(e);
 			}
 			st->peak = 0;
 			accept(st, mm, &now, 1);
+			st->hwm_sent = vmt_vmhwm(mm);
 		}
 		inflight.delete(&tid);
 		return 0;
@@ -371,6 +448,77 @@ static __always_inline void vmt_mm_exiting(u64 mm)
 TRACEPOINT_PROBE(mmap, exit_mmap)
 {
 	vmt_mm_exiting((u64)args->mm);
+	return 0;
+}
+#endif
+
+/* --follow: a traced process forks; its child (not a new thread) is traced from here on,
+ * before it runs. Raw tracepoint: the tracepoint's own fields name pids, not the tgid. */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+	int zero = 0;
+	struct vmt_config *cfg = config.lookup(&zero);
+	if (!cfg || !cfg->follow)
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	if (!targets.lookup(&tgid))
+		return 0;
+	u64 child = (u64)ctx->args[1];
+	u32 child_tgid = 0;
+	bpf_probe_read_kernel(&child_tgid, sizeof(child_tgid), (void *)(child + VMT_OFF_TASK_TGID));
+	if (child_tgid == 0 || child_tgid == tgid)
+		return 0;  /* a thread: already covered by its process */
+	struct target_state fresh = {};
+	targets.insert(&child_tgid, &fresh);
+	struct vmt_event *e = new_event(VMT_KIND_FORK, child_tgid, child_tgid);
+	if (!e)
+		return 0;
+	e->args[0] = tgid;
+	e->syscall_nr = -1;
+	submit(e);
+	return 0;
+}
+
+#ifdef VMT_TRACE_RSS
+/* VmHWM: RSS counters change in page faults (mostly without mmap_lock) and in unmaps;
+ * kmem:rss_stat fires on each change. Raw: args[0] is the mm (the event's mm_id is a
+ * keyed hash), args[1] the counter. The counters read are the shared values /proc reads,
+ * so each record's VmHWM is what /proc/PID/status would have said at that moment. */
+RAW_TRACEPOINT_PROBE(rss_stat)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct target_state *st = targets.lookup(&tgid);
+	if (!st)
+		return 0;
+	u64 mm = (u64)ctx->args[0];
+	if (mm == 0 || st->mm != mm || mm != vmt_current_mm())
+		return 0;
+	int zero = 0;
+	struct vmt_config *cfg = config.lookup(&zero);
+	if (!cfg || cfg->hwm_step_pages == 0)
+		return 0;
+	u64 rss = vmt_read_rss(mm);
+	u64 hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+	u64 hwm = vmt_max(rss, hiwater_rss);
+	if (hwm < st->hwm_sent + cfg->hwm_step_pages)
+		return 0;
+	struct vmt_event *e = new_event(VMT_KIND_HWM, tgid, tid);
+	if (!e)
+		return 0;
+	e->rss_before = st->hwm_sent;
+	e->rss_after = rss;
+	e->hiwater_rss = hiwater_rss;
+	e->rss_member = (s32)ctx->args[1];
+	e->total_vm_before = e->total_vm_after = st->total_vm;
+	e->hiwater_vm_before = e->hiwater_vm_after = st->hiwater_vm;
+	e->stack_vm_before = e->stack_vm_after = st->stack_vm;
+	e->peak_before = st->peak;
+	vmt_fill_from_regs(e);
+	user_stack(ctx, e);
+	st->hwm_sent = hwm;
+	submit(e);
 	return 0;
 }
 #endif

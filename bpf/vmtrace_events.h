@@ -25,6 +25,10 @@ enum vmt_kind {
 	VMT_KIND_EXIT = 4,
 	/* first sight of a target's mm by the probes: its values at that moment */
 	VMT_KIND_BASELINE = 5,
+	/* a traced process forked a child that is now traced too (--follow); args[0] = parent */
+	VMT_KIND_FORK = 6,
+	/* VmHWM = max(hiwater_rss, rss) passed the last HWM record by hwm_step_pages */
+	VMT_KIND_HWM = 7,
 };
 
 /* flags */
@@ -53,6 +57,25 @@ struct vmt_event {
 	__s32 stack_id;         /* user stack in the `stacks` map, or < 0 */
 	__u32 flags;            /* VMT_FLAG_* */
 	char comm[VMT_COMM_LEN];
+	/* RSS (file + anon + shmem pages, as /proc counts them) and the latched hiwater_rss,
+	 * read after the change; for HWM records rss_before is the RSS of the previous one */
+	__u64 rss_before;
+	__u64 rss_after;
+	__u64 hiwater_rss;
+	__s32 rss_member;       /* HWM: counter that grew (0 file, 1 anon, 3 shmem); else -1 */
+	__u32 cpu;              /* CPU that sent the record */
+};
+
+/* Filters and thresholds, written by user space into the one-entry `config` array.
+ * No user-supplied string ever becomes C source: names and ids travel in maps. */
+struct vmt_config {
+	__u64 min_delta_pages;  /* non-zero: only peaks of at least this, latches, lifecycle */
+	__u64 hwm_step_pages;   /* HWM records each time VmHWM grows by this much; 0: none */
+	__u64 cgroup_id;        /* non-zero: every process in this cgroup (v2) or below */
+	__u32 cgroup_level;
+	__u32 follow;           /* children of traced processes are traced */
+	__u32 all;              /* every process with a user address space */
+	__u32 comm_filter;      /* processes whose comm is in the `comms` map */
 };
 
 /* Indexes into the per-CPU `counters` array. */
@@ -60,6 +83,7 @@ enum vmt_counter {
 	VMT_CNT_EMITTED = 0,
 	VMT_CNT_LOST = 1,       /* ring buffer full: record dropped */
 	VMT_CNT_STACK_ERR = 2,  /* bpf_get_stackid failed */
+	VMT_CNT_FILTERED = 3,   /* changes not sent: below --min-delta */
 	VMT_CNT_MAX = 4,
 };
 

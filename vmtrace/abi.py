@@ -22,6 +22,8 @@ class EventKind(enum.IntEnum):
     EXEC = 3
     EXIT = 4
     BASELINE = 5
+    FORK = 6
+    HWM = 7
 
 
 FLAG_NEW_PEAK = 1 << 0
@@ -31,6 +33,7 @@ FLAG_MERGED = 1 << 2
 COUNTER_EMITTED = 0
 COUNTER_LOST = 1
 COUNTER_STACK_ERR = 2
+COUNTER_FILTERED = 3
 
 
 class EventStruct(ctypes.Structure):
@@ -56,7 +59,56 @@ class EventStruct(ctypes.Structure):
         ("stack_id", ctypes.c_int32),
         ("flags", ctypes.c_uint32),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("rss_before", ctypes.c_uint64),
+        ("rss_after", ctypes.c_uint64),
+        ("hiwater_rss", ctypes.c_uint64),
+        ("rss_member", ctypes.c_int32),
+        ("cpu", ctypes.c_uint32),
     ]
+
+
+class ConfigStruct(ctypes.Structure):
+    """struct vmt_config; keep aligned with bpf/vmtrace_events.h."""
+
+    _fields_ = [
+        ("min_delta_pages", ctypes.c_uint64),
+        ("hwm_step_pages", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("cgroup_level", ctypes.c_uint32),
+        ("follow", ctypes.c_uint32),
+        ("all", ctypes.c_uint32),
+        ("comm_filter", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """What user space asks of the kernel side (encoded into ConfigStruct at the edge)."""
+
+    min_delta_pages: int = 0
+    hwm_step_pages: int = 0
+    cgroup_id: int = 0
+    cgroup_level: int = 0
+    follow: bool = False
+    all: bool = False
+    comms: tuple[str, ...] = ()
+
+    def encode(self) -> ConfigStruct:
+        return ConfigStruct(
+            min_delta_pages=self.min_delta_pages,
+            hwm_step_pages=self.hwm_step_pages,
+            cgroup_id=self.cgroup_id,
+            cgroup_level=self.cgroup_level,
+            follow=int(self.follow),
+            all=int(self.all),
+            comm_filter=int(bool(self.comms)),
+        )
+
+
+def comm_key(comm: str) -> bytes:
+    """A task name as the kernel stores it: at most 15 bytes and a NUL, zero-padded."""
+    raw = comm.encode("utf-8")[: COMM_LEN - 1]
+    return raw + b"\0" * (COMM_LEN - len(raw))
 
 
 EVENT_SIZE = ctypes.sizeof(EventStruct)
@@ -118,6 +170,11 @@ class KernelEvent:
     stack_id: int
     flags: int
     comm: str
+    rss_before_pages: int = 0
+    rss_after_pages: int = 0
+    hiwater_rss_pages: int = 0
+    rss_member: int = -1
+    cpu: int = 0
 
     @property
     def has_ret(self) -> bool:
@@ -155,6 +212,11 @@ def decode_event(data: bytes) -> KernelEvent:
         stack_id=v[21],
         flags=v[22],
         comm=v[23].split(b"\0", 1)[0].decode("utf-8", "replace"),
+        rss_before_pages=v[24],
+        rss_after_pages=v[25],
+        hiwater_rss_pages=v[26],
+        rss_member=v[27],
+        cpu=v[28],
     )
 
 

@@ -6,6 +6,8 @@ Reads only files (tracefs, /proc/kallsyms, BTF); loading programs is the session
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -103,7 +105,9 @@ class KernelSurvey:
                 return Candidate(name, reason=str(e))
         if name == "fentry":
             try:
-                return Candidate(name, resolve_fentry_sites(self.btf.has_function))
+                return Candidate(
+                    name, resolve_fentry_sites(self.btf.has_function, self.btf.function_arg_count)
+                )
             except NoSites as e:
                 return Candidate(name, reason=str(e))
         return Candidate(name, reason=f"unknown backend {name!r}")
@@ -113,3 +117,60 @@ def candidates(requested: str, survey: KernelSurvey) -> list[Candidate]:
     """The backends to try, best first: all of them for `auto`, else just the one asked."""
     names = BACKENDS if requested == "auto" else (requested,)
     return [survey.candidate(n) for n in names]
+
+
+# A backend that failed to load fails again until the next boot (an EPERM from the
+# verifier, a trampoline limit). `--backend auto` remembers such failures per boot in
+# /run (tmpfs: gone at reboot), so it does not pay a second of compiling for nothing on
+# every start. An explicit --backend, and `vmtrace doctor`, always try for real.
+FAILURE_CACHE = "/run/vmtrace/load-failures.json"
+
+
+def _boot_key(backend: str, plan: ProbePlan | None) -> str:
+    from vmtrace import __version__
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "unknown-boot"
+    sites = plan.describe() if plan else ""
+    return f"{boot}|{__version__}|{backend}|{sites}"
+
+
+def _read_cache(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def remembered_failure(
+    backend: str, plan: ProbePlan | None, path: str = FAILURE_CACHE
+) -> str | None:
+    return _read_cache(path).get(_boot_key(backend, plan))
+
+
+def remember_failure(
+    backend: str, plan: ProbePlan | None, reason: str, path: str = FAILURE_CACHE
+) -> None:
+    data = _read_cache(path)
+    data[_boot_key(backend, plan)] = reason
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only an optimisation: the next start tries again
+
+
+def forget_failure(backend: str, plan: ProbePlan | None, path: str = FAILURE_CACHE) -> None:
+    data = _read_cache(path)
+    if data.pop(_boot_key(backend, plan), None) is not None:
+        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f)

@@ -37,6 +37,8 @@ class _Process:
     latches: int = 0
     contributions: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     disagreed_last_sample: bool = False
+    vm_hwm_kb: int = 0
+    hwm_set_by: Explained | None = None
 
 
 class PeakEngine:
@@ -61,12 +63,25 @@ class PeakEngine:
         now = max(change.total_vm_kb_after, change.hiwater_vm_kb_after)
         kind = change.kind
 
+        if kind == "fork":
+            # The child's own counters come with its baseline; this only says where it
+            # came from.
+            p.comm = change.comm
+            return Explained("fork", change, p.vm_peak_kb, p.vm_peak_kb)
+        if kind == "hwm":
+            explained = Explained("hwm", change, p.vm_peak_kb, p.vm_peak_kb)
+            if change.hwm_kb >= p.vm_hwm_kb:
+                p.vm_hwm_kb = change.hwm_kb
+                p.hwm_set_by = explained
+            return explained
         if kind == "exec":
             before = p.vm_peak_kb
             p.vm_peak_kb = now
             p.contributions.clear()
             p.comm = change.comm
             p.disagreed_last_sample = False
+            p.vm_hwm_kb = change.hwm_kb
+            p.hwm_set_by = None
             explained = Explained("exec", change, before, now)
             p.set_by = explained
             p.contributions[("execve", "[exec image]")] = now
@@ -78,6 +93,7 @@ class PeakEngine:
         # without it (a baseline) does the engine's own running maximum decide.
         before = change.kernel_peak_kb_before or p.vm_peak_kb
         after = max(before, now)
+        p.vm_hwm_kb = max(p.vm_hwm_kb, change.hwm_kb)
         is_highest = after >= p.vm_peak_kb
         p.vm_peak_kb = max(p.vm_peak_kb, after)
         rtype: RecordType
@@ -101,6 +117,13 @@ class PeakEngine:
         elif rtype == "latch":
             p.latches += 1
         return explained
+
+    def note_kernel_peak(self, pid: int, vm_peak_kb: int) -> None:
+        """With --min-delta the kernel keeps small peaks to itself; its per-mm peak (read
+        from the BPF map) is then the reference the samples are checked against."""
+        p = self._procs.get(pid)
+        if p is not None:
+            p.vm_peak_kb = max(p.vm_peak_kb, vm_peak_kb)
 
     def check_sample(self, ts_ns: int, pid: int, status: ProcStatus) -> SampleCheck:
         """Compare the kernel's VmPeak with the one rebuilt from events.
@@ -133,6 +156,8 @@ class PeakEngine:
                     peaks=p.peaks,
                     latches=p.latches,
                     top_causes=tuple(Contributor(c, m, kb) for (c, m), kb in top if kb > 0),
+                    vm_hwm_kb=p.vm_hwm_kb,
+                    hwm_set_by=p.hwm_set_by,
                 )
             )
         return out

@@ -36,7 +36,10 @@ _KINDS: dict[EventKind, ChangeKind] = {
     EventKind.EXEC: "exec",
     EventKind.EXIT: "exit",
     EventKind.BASELINE: "baseline",
+    EventKind.FORK: "fork",
+    EventKind.HWM: "hwm",
 }
+_RSS_MEMBERS = {0: "file", 1: "anon", 2: "swap", 3: "shmem"}
 
 
 class Enricher:
@@ -79,6 +82,12 @@ class Enricher:
 
         if ev.kind is EventKind.BASELINE:
             cause = "baseline"
+        elif ev.kind is EventKind.FORK:
+            cause = "fork"
+            self.attach(ev.pid, self._read_maps(ev.pid))
+        elif ev.kind is EventKind.HWM:
+            member = _RSS_MEMBERS.get(ev.rss_member, "rss")
+            cause = f"{member}-pages" if name is None else f"{member}-pages:{name}"
         elif ev.kind is EventKind.EXIT:
             cause = "exit"
         elif ev.kind is EventKind.EXEC:
@@ -113,6 +122,11 @@ class Enricher:
             kernel_peak_kb_before=ev.peak_before_pages * kp,
             mapping=mapping,
             stack=self._stack(ev),
+            rss_kb=ev.rss_after_pages * kp,
+            hwm_kb=max(ev.rss_after_pages, ev.hiwater_rss_pages) * kp,
+            hwm_kb_before=ev.rss_before_pages * kp if ev.kind is EventKind.HWM else 0,
+            rss_member=_RSS_MEMBERS.get(ev.rss_member) if ev.kind is EventKind.HWM else None,
+            parent_pid=ev.args_raw[0] if ev.kind is EventKind.FORK else None,
         )
 
     def _stack(self, ev: KernelEvent) -> tuple[str, ...] | None:
@@ -162,19 +176,19 @@ class Enricher:
         if name == "munmap":
             start, end = a[0], a[0] + page_align(a[1], page)
             return self._unmap(shadow, start, end)
-        if name == "brk":
+        if name == "brk" and ret is not None:
+            # The return value is the new break: the truth, where the shadow's heap may
+            # already be ahead (re-read from /proc after an exec, later than the exec).
+            new_end = page_align(ret, page)
+            old_end = new_end - delta
             heap = shadow.by_path("[heap]")
-            if heap is None:
-                if delta <= 0 or ret is None:
-                    return None
-                new_end = page_align(ret, page)
-                heap = Mapping(new_end - delta, new_end - delta, "rw-p", "[heap]")
-            new_end = heap.end + delta
+            start = heap.start if heap is not None else min(old_end, new_end)
+            perms = heap.perms if heap is not None else "rw-p"
             if delta >= 0:
-                shadow.insert(Mapping(heap.start, new_end, heap.perms, "[heap]"))
-                return Mapping(heap.end, new_end, heap.perms, "[heap]")
-            shadow.remove(new_end, heap.end)
-            return Mapping(new_end, heap.end, heap.perms, "[heap]")
+                shadow.insert(Mapping(start, new_end, perms, "[heap]"))
+                return Mapping(old_end, new_end, perms, "[heap]")
+            shadow.remove(new_end, old_end)
+            return Mapping(new_end, old_end, perms, "[heap]")
         if name == "mremap" and ret is not None:
             old, old_len, new_len = a[0], page_align(a[1], page), page_align(a[2], page)
             path = shadow.name_of(old, old + max(old_len, page)) or "[anon]"

@@ -11,8 +11,8 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Literal
 
-ChangeKind = Literal["change", "exec", "exit", "baseline"]
-RecordType = Literal["baseline", "peak", "latch", "grow", "shrink", "exec", "exit"]
+ChangeKind = Literal["change", "exec", "exit", "baseline", "fork", "hwm"]
+RecordType = Literal["baseline", "peak", "latch", "grow", "shrink", "exec", "exit", "fork", "hwm"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,13 @@ class Change:
     kernel_peak_kb_before: int
     mapping: Mapping | None = None
     stack: tuple[str, ...] | None = None
+    # RSS as /proc counts it (file + anon + shmem) and VmHWM = max(hiwater_rss, rss), both
+    # right after the change; for `hwm` records, hwm_kb_before is the previous HWM record's.
+    rss_kb: int = 0
+    hwm_kb: int = 0
+    hwm_kb_before: int = 0
+    rss_member: str | None = None  # hwm: which counter grew (file, anon, shmem)
+    parent_pid: int | None = None  # fork: the traced parent
 
     @property
     def delta_kb(self) -> int:
@@ -106,3 +113,5 @@ class ProcessSummary:
     peaks: int
     latches: int
     top_causes: tuple[Contributor, ...] = field(default_factory=tuple)
+    vm_hwm_kb: int = 0
+    hwm_set_by: Explained | None = None

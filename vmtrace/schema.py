@@ -75,6 +75,7 @@ def start_record(
     targets: Iterable[tuple[ProcessInfo, ProcStatus | None]],
     attach_seconds: float,
     interval: float,
+    filters: dict[str, Any] | None = None,
 ) -> Record:
     rec = _common("start", clock, clock.monotonic_ns)
     rec.update(
@@ -93,6 +94,7 @@ def start_record(
         argv=list(argv),
         attach_seconds=round(attach_seconds, 3),
         interval=interval,
+        filters=filters or {},
         targets=[
             {
                 "pid": info.pid,
@@ -142,7 +144,13 @@ def explained_record(e: Explained, clock: WallClock) -> Record:
         stack_vm_kb_after=c.stack_vm_kb_after,
         mapping=mapping_dict(c.mapping) if c.mapping else None,
         stack=list(c.stack) if c.stack is not None else None,
+        rss_kb=c.rss_kb,
+        hwm_kb=c.hwm_kb,
     )
+    if e.type == "hwm":
+        rec.update(hwm_kb_before=c.hwm_kb_before, rss_member=c.rss_member)
+    elif e.type == "fork":
+        rec.update(parent_pid=c.parent_pid)
     return rec
 
 
@@ -169,9 +177,11 @@ def sample_record(s: SampleCheck, clock: WallClock, comm: str | None) -> Record:
     return rec
 
 
-def lost_record(clock: WallClock, ts_ns: int, count: int, total: int) -> Record:
+def lost_record(
+    clock: WallClock, ts_ns: int, count: int, total: int, per_cpu: list[int] | None = None
+) -> Record:
     rec = _common("lost", clock, ts_ns)
-    rec.update(count=count, total=total)
+    rec.update(count=count, total=total, per_cpu=per_cpu or [])
     return rec
 
 
@@ -184,8 +194,14 @@ def exit_record(
     source: str,
     last: Explained | None,
     exit_status: int | None = None,
+    kernel: dict[str, Any] | None = None,
 ) -> Record:
+    """`vm_peak_kb` is the kernel's final value when taskstats gave one (`kernel`), else the
+    one rebuilt from events; `expected_vm_peak_kb` and `match` compare the two."""
     c = last.change if last else None
+    expected = vm_peak_kb
+    if kernel is not None:
+        vm_peak_kb = kernel["hiwater_vm_kb"]
     rec = _common(
         "exit",
         clock,
@@ -198,7 +214,14 @@ def exit_record(
         vm_peak=vm_peak_kb,
         hiwater=c.hiwater_vm_kb_after if c else None,
     )
-    rec.update(source=source, exit_status=exit_status)
+    rec.update(
+        source=source,
+        exit_status=exit_status,
+        expected_vm_peak_kb=expected,
+        match=None if kernel is None or expected is None else expected == vm_peak_kb,
+        vm_hwm_kb=kernel["hiwater_rss_kb"] if kernel else (c.hwm_kb if c else None),
+        taskstats=kernel,
+    )
     return rec
 
 
@@ -216,10 +239,23 @@ def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
             "delta_kb": s.set_by.peak_delta_kb,
             "mapping": mapping_dict(c.mapping) if c.mapping else None,
         }
+    hwm_set_by = None
+    if s.hwm_set_by is not None:
+        h = s.hwm_set_by.change
+        hwm_set_by = {
+            "time": clock.iso(h.ts_ns),
+            "ts_ns": h.ts_ns,
+            "tid": h.tid,
+            "comm": h.comm,
+            "cause": h.cause,
+            "delta_kb": h.hwm_kb - h.hwm_kb_before,
+        }
     return {
         "pid": s.pid,
         "comm": s.comm,
         "vm_peak_kb": s.vm_peak_kb,
+        "vm_hwm_kb": s.vm_hwm_kb,
+        "hwm_set_by": hwm_set_by,
         "peaks": s.peaks,
         "latches": s.latches,
         "set_by": set_by,
@@ -234,12 +270,16 @@ def end_record(
     events: int,
     lost: int,
     summaries: list[ProcessSummary],
+    lost_per_cpu: list[int] | None = None,
+    filtered: int = 0,
 ) -> Record:
     rec = _common("end", clock, ts_ns)
     rec.update(
         reason=reason,
         events=events,
         lost=lost,
+        lost_per_cpu=lost_per_cpu or [],
+        filtered=filtered,
         summary=[summary_dict(s, clock) for s in summaries],
     )
     return rec

@@ -15,10 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vmtrace.abi import COUNTER_LOST, COUNTER_STACK_ERR, DecodeError, KernelEvent, decode_event
+from vmtrace.abi import (
+    COUNTER_FILTERED,
+    COUNTER_LOST,
+    COUNTER_STACK_ERR,
+    DecodeError,
+    KernelEvent,
+    TraceConfig,
+    comm_key,
+    decode_event,
+)
 from vmtrace.errors import EnvironmentProblem, ProbeError
 from vmtrace.kernel.offsets import KernelOffsets
-from vmtrace.kernel.probesites import ProbePlan
+from vmtrace.kernel.probesites import MAX_FENTRY_WRITERS, ProbePlan
 
 BPF_DIR = Path(os.environ.get("VMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
 
@@ -123,6 +132,8 @@ class BccSession:
         have_exit_mmap: bool,
         plan: ProbePlan | None = None,
         ring_pages: int = DEFAULT_RING_PAGES,
+        config: TraceConfig | None = None,
+        max_targets: int = 1024,
     ) -> None:
         if backend not in BACKENDS:
             raise ProbeError(f"failed to build backend {backend}: unknown backend")
@@ -134,6 +145,8 @@ class BccSession:
         self._kernel_source = kernel_source
         self._have_exit_mmap = have_exit_mmap
         self._ring_pages = ring_pages
+        self.config = config or TraceConfig()
+        self._max_targets = max_targets
         self._bpf: Any = None
         self._batch: list[KernelEvent] = []
         self.decode_errors = 0
@@ -144,13 +157,16 @@ class BccSession:
             *self._offsets.cflags(),
             f"-DVMT_RINGBUF_PAGES={self._ring_pages}",
             f"-DVMT_WAKEUP_EVERY={WAKEUP_EVERY}",
+            f"-DVMT_MAX_TARGETS={int(self._max_targets)}",
             "-Wno-macro-redefined",
         ]
+        if self.config.hwm_step_pages:
+            cflags.append("-DVMT_TRACE_RSS=1")
         if self._have_exit_mmap:
             cflags.append("-DVMT_HAVE_EXIT_MMAP=1")
         if self.backend == "fentry" and self.plan is not None:
             # Names come from probesites' fixed tables, checked against BTF: identifiers only.
-            for i, name in enumerate(self.plan.after_write[:4]):
+            for i, name in enumerate(self.plan.after_write[:MAX_FENTRY_WRITERS]):
                 cflags.append(f"-DVMT_FEXIT_{i}={_identifier(name)}")
             if self.plan.before_unmap:
                 cflags.append(f"-DVMT_FENTRY_UNMAP={_identifier(self.plan.before_unmap[0])}")
@@ -171,6 +187,7 @@ class BccSession:
         try:
             with capture as noise:
                 self._bpf = bcc.BPF(text=text.encode(), cflags=self._cflags())
+                self._configure()
                 self._attach_probes()
         except Exception as e:
             self.diagnostics = "".join(noise)
@@ -181,6 +198,13 @@ class BccSession:
             self.close()
             raise ProbeError(f"failed to load the {self.backend} backend: {detail}") from None
         self._bpf["events"].open_ring_buffer(self._on_record)
+
+    def _configure(self) -> None:
+        """Filters go into maps before anything fires; never into the C text."""
+        self._bpf["config"][ctypes.c_int(0)] = self.config.encode()
+        comms = self._bpf["comms"]
+        for name in self.config.comms:
+            comms[comms.Key.from_buffer_copy(comm_key(name))] = ctypes.c_uint8(1)
 
     def _attach_probes(self) -> None:
         if self.backend != "kprobe" or self.plan is None:
@@ -222,6 +246,23 @@ class BccSession:
 
     def lost(self) -> int:
         return self._counter(COUNTER_LOST)
+
+    def lost_per_cpu(self) -> list[int]:
+        return [int(v) for v in self._bpf["counters"][ctypes.c_int(COUNTER_LOST)]]
+
+    def filtered(self) -> int:
+        return self._counter(COUNTER_FILTERED)
+
+    def kernel_peak_pages(self, pid: int) -> int | None:
+        """The kernel side's VmPeak for `pid` (max(total_vm, hiwater_vm) it has seen)."""
+        try:
+            st = self._bpf["targets"][ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+        return int(st.peak) if st.mm else None
+
+    def target_pids(self) -> list[int]:
+        return [int(k.value) for k in self._bpf["targets"]]
 
     def stack_errors(self) -> int:
         return self._counter(COUNTER_STACK_ERR)

@@ -42,8 +42,11 @@ class JsonlSink:
         self._name = name
 
     def write(self, rec: Record) -> None:
+        self._write_line(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def _write_line(self, line: str) -> None:
         try:
-            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            self._f.write(line)
         except OSError as e:
             raise OutputError(f"failed to write {self._name}: {e.strerror}") from None
 
@@ -58,6 +61,45 @@ class JsonlSink:
             self._f.close()
         except OSError as e:
             raise OutputError(f"failed to close {self._name}: {e.strerror}") from None
+
+
+class RotatingJsonlSink(JsonlSink):
+    """A JSONL log that moves on to a new file at `max_bytes`: FILE is renamed FILE.1 (then
+    .2, ...) once flushed and synced, and the new FILE starts with a copy of the `start`
+    record (with `part`), so every file can be read on its own and none loses a record."""
+
+    def __init__(self, path: str, force: bool, max_bytes: int) -> None:
+        super().__init__(open_log(path, force), path)
+        self._path = path
+        self._force = force
+        self._max = max_bytes
+        self._size = 0
+        self._part = 1
+        self._start: Record | None = None
+
+    def write(self, rec: Record) -> None:
+        if rec.get("type") == "start" and self._start is None:
+            self._start = rec
+        line = json.dumps(rec, separators=(",", ":")) + "\n"
+        if self._size and self._size + len(line) > self._max and rec.get("type") != "end":
+            self._rotate()
+        self._write_line(line)
+        self._size += len(line.encode())
+
+    def _rotate(self) -> None:
+        self.flush()
+        try:
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.rename(self._path, f"{self._path}.{self._part}")
+        except OSError as e:
+            raise OutputError(f"failed to rotate {self._path}: {e.strerror}") from None
+        self._part += 1
+        self._f = open_log(self._path, force=False)
+        self._size = 0
+        if self._start is not None:
+            header = dict(self._start, part=self._part, previous=f"{self._path}.{self._part - 1}")
+            self._write_line(json.dumps(header, separators=(",", ":")) + "\n")
 
 
 def _addr(v: Any) -> str:
@@ -110,10 +152,13 @@ def describe_mapping(rec: Record) -> str:
 class ConsoleSink:
     """Human lines: every new peak and latch; grow/shrink/samples only with -v."""
 
-    def __init__(self, stream: IO[str], clock: WallClock, verbose: int = 0) -> None:
+    def __init__(
+        self, stream: IO[str], clock: WallClock, verbose: int = 0, min_delta_kb: int = 0
+    ) -> None:
         self._out = stream
         self._clock = clock
         self._verbose = verbose
+        self._min_delta_kb = min_delta_kb
 
     def _who(self, rec: Record) -> str:
         return f"pid {rec['pid']} tid {rec['tid']} {rec['comm']}"
@@ -124,7 +169,9 @@ class ConsoleSink:
     def write(self, rec: Record) -> None:
         t = rec["type"]
         lines: list[str] = []
-        if t == "peak":
+        if t == "peak" and rec["vm_peak_kb"] - rec["vm_peak_kb_before"] < self._min_delta_kb:
+            pass  # --min-delta with --all-events: logged, not shown
+        elif t == "peak":
             before, after = rec["vm_peak_kb_before"], rec["vm_peak_kb"]
             lines.append(
                 f"{self._t(rec)} PEAK  VmPeak {human_kb(before)} -> {human_kb(after)} "
@@ -140,6 +187,20 @@ class ConsoleSink:
             lines.append(
                 f"    {describe_call(rec)}  total_vm {human_kb(rec['total_vm_kb_before'])} -> "
                 f"{human_kb(rec['total_vm_kb_after'])}{describe_mapping(rec)}"
+            )
+        elif t == "hwm":
+            before, after = rec["hwm_kb_before"], rec["hwm_kb"]
+            lines.append(
+                f"{self._t(rec)} HWM   VmHWM {human_kb(before)} -> {human_kb(after)} "
+                f"(+{human_kb(after - before)}) [{after} kB]  {self._who(rec)}"
+            )
+            where = f"during {rec['syscall']}()" if rec.get("syscall") else "by page faults"
+            lines.append(f"    {rec.get('rss_member') or 'rss'} pages brought in {where}")
+            lines += [f"      #{i} {frame}" for i, frame in enumerate(rec.get("stack") or [])]
+        elif t == "fork":
+            lines.append(
+                f"{self._t(rec)} FORK  pid {rec['pid']} {rec['comm']} forked from pid "
+                f"{rec['parent_pid']}: traced from its first instruction"
             )
         elif t == "exec":
             lines.append(
@@ -185,6 +246,14 @@ class ConsoleSink:
                 f"pid {s['pid']} {s['comm']}: VmPeak {human_kb(s['vm_peak_kb'])} "
                 f"[{s['vm_peak_kb']} kB], {s['peaks']} new peaks, {s['latches']} latches"
             )
+            if s.get("vm_hwm_kb"):
+                lines.append(f"  VmHWM {human_kb(s['vm_hwm_kb'])} [{s['vm_hwm_kb']} kB]")
+                hb = s.get("hwm_set_by")
+                if hb:
+                    lines.append(
+                        f"    last raised by {hb['cause']} in tid {hb['tid']} {hb['comm']} at "
+                        f"{hb['time']}"
+                    )
             sb = s.get("set_by")
             if sb:
                 where = f" {sb['mapping']['path']}" if sb.get("mapping") else ""

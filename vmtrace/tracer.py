@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from vmtrace import __version__, procfs, schema
-from vmtrace.abi import EventKind, KernelEvent
-from vmtrace.backends import KernelSurvey, candidates
+from vmtrace.abi import EventKind, KernelEvent, TraceConfig
+from vmtrace.backends import (
+    KernelSurvey,
+    candidates,
+    forget_failure,
+    remember_failure,
+    remembered_failure,
+)
+from vmtrace.cgroups import resolve_cgroup
 from vmtrace.child import HeldChild
 from vmtrace.engine import PeakEngine
 from vmtrace.enrich import Enricher
@@ -28,9 +35,10 @@ from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
-from vmtrace.records import Explained
+from vmtrace.records import Explained, ProcStatus
 from vmtrace.session import BccSession
 from vmtrace.sinks import Sink
+from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
 
 POLL_MS = 100
@@ -46,13 +54,24 @@ class TraceOptions:
     backend: str = "auto"
     verbose: int = 0
     argv: Sequence[str] = ()
+    follow: bool = False
+    comms: tuple[str, ...] = ()
+    cgroup: str | None = None
+    all: bool = False
+    min_delta: int = 0  # bytes
+    all_events: bool = False
+    hwm_step: int = 0  # bytes; 0: no VmHWM records
+
+    @property
+    def discovers(self) -> bool:
+        """Targets may appear that were not named up front (children, --all, ...)."""
+        return self.follow or self.all or bool(self.comms) or self.cgroup is not None
 
 
 @dataclass
 class _Target:
     info: procfs.ProcessInfo
     alive: bool = True
-    exit_seen: bool = False
     last: Explained | None = None
 
 
@@ -80,6 +99,9 @@ class Tracer:
         self.clock = WallClock(time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time_ns())
         self.enricher: Enricher | None = None
         self._infos: list[procfs.ProcessInfo] = []
+        self._taskstats: TaskstatsClient | None = None
+        self._exits: ExitListener | None = None
+        self._kernel_exit: dict[int, TaskStat] = {}
         self._sessions: list[BccSession] = []
         self._unusable: list[str] = []
         self.backend_reason = ""
@@ -99,6 +121,7 @@ class Tracer:
             )
         offsets = read_offsets()
         headers = choose_headers()
+        config = self._config()
         if self.opts.verbose:
             self.log(f"headers: {headers.description}")
             self.log(
@@ -108,19 +131,50 @@ class Tracer:
             )
             for reason in self._unusable:
                 self.log(f"backend {reason}")
+        max_targets = 32768 if self.opts.discovers else 1024
         return [
-            BccSession(c.name, offsets, headers.kernel_source, survey.have_exit_mmap, c.plan)
+            BccSession(
+                c.name,
+                offsets,
+                headers.kernel_source,
+                survey.have_exit_mmap,
+                c.plan,
+                config=config,
+                max_targets=max_targets,
+            )
             for c in usable
         ]
+
+    def _config(self) -> TraceConfig:
+        page = os.sysconf("SC_PAGE_SIZE")
+        cg = resolve_cgroup(self.opts.cgroup) if self.opts.cgroup else None
+        kernel_min_delta = 0 if self.opts.all_events else self.opts.min_delta
+        return TraceConfig(
+            min_delta_pages=-(-kernel_min_delta // page),
+            hwm_step_pages=-(-self.opts.hwm_step // page),
+            cgroup_id=cg.cgroup_id if cg else 0,
+            cgroup_level=cg.level if cg else 0,
+            follow=self.opts.follow,
+            all=self.opts.all,
+            comms=self.opts.comms,
+        )
 
     def _open_backend(self) -> BccSession:
         """Load the first candidate that loads; say which and why in backend_reason."""
         tried = list(self._unusable)
+        auto = self.opts.backend == "auto"
         for i, session in enumerate(self._sessions):
             last = i == len(self._sessions) - 1
+            known = remembered_failure(session.backend, session.plan) if auto else None
+            if known and not last:
+                tried.append(f"{session.backend}: {known} (this boot, remembered)")
+                continue
             try:
                 session.open()
+                if known:
+                    forget_failure(session.backend, session.plan)
             except ProbeError as e:
+                remember_failure(session.backend, session.plan, str(e))
                 if self.opts.verbose > 1 and session.diagnostics:
                     self.log(f"bcc said, loading {session.backend}:\n{session.diagnostics}")
                 if last:
@@ -163,6 +217,7 @@ class Tracer:
             )
             for info in infos:
                 session.add_target(info.pid)
+            self._open_taskstats()
             attach_seconds = time.monotonic() - started
             self._announce(infos, attach_seconds)
             if self.child is not None:
@@ -180,18 +235,51 @@ class Tracer:
             finally:
                 if session is not None:
                     session.close()
+                for closable in (self._exits, self._taskstats):
+                    if closable is not None:
+                        closable.close()
         if self.child is not None:
             rc = self.child.wait()
             return rc if rc >= 0 else 128 - rc
         return 0
 
+    def _open_taskstats(self) -> None:
+        """Cross-checks and exit values from the kernel's taskstats; tracing goes on
+        without them (e.g. inside a container, where registering is refused)."""
+        try:
+            self._taskstats = TaskstatsClient()
+            self._exits = ExitListener()
+            self._exits.drain()  # what arrived while registering
+        except VmtraceError as e:
+            self.log(f"warning: no taskstats cross-checks: {e}")
+
+    def _kernel_view(self, pid: int, status: ProcStatus | None) -> dict[str, object] | None:
+        """taskstats' hiwater_vm/hiwater_rss for `pid`, compared with /proc's VmPeak/VmHWM.
+        hiwater_vm is VmPeak exactly; hiwater_rss misses the per-CPU RSS deltas /proc adds
+        up (6.2+), so it is within RSS_SLACK_KB of VmHWM, not equal."""
+        if self._taskstats is None:
+            return None
+        try:
+            st = self._taskstats.query(pid)
+        except VmtraceError:
+            return None
+        view: dict[str, object] = {
+            "hiwater_vm_kb": st.hiwater_vm_kb,
+            "hiwater_rss_kb": st.hiwater_rss_kb,
+        }
+        if status is not None:
+            view["vm_peak_match"] = st.hiwater_vm_kb == status.vm_peak_kb
+            view["vm_hwm_delta_kb"] = status.vm_hwm_kb - st.hiwater_rss_kb
+        return view
+
     def _announce(self, infos: list[procfs.ProcessInfo], attach_seconds: float) -> None:
         assert self.enricher is not None
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         statuses = []
+        all_maps = {}
         for info in infos:
             status = procfs.read_status(info.pid)
-            maps = procfs.read_maps(info.pid)
+            all_maps[info.pid] = maps = procfs.read_maps(info.pid)
             self.targets[info.pid] = _Target(info)
             # A `run` child is still the forked vmtrace until it execs: its peak is not the
             # command's, and the exec record starts the command's own.
@@ -199,35 +287,68 @@ class Tracer:
             self.enricher.attach(info.pid, maps)
             statuses.append((info, status))
         user = pwd.getpwuid(os.getuid()).pw_name
-        self._emit(
-            schema.start_record(
-                self.clock,
-                vmtrace_version=__version__,
-                kernel=os.uname().release,
-                backend=self.session.backend if self.session else "?",
-                backend_reason=self.backend_reason,
-                page_size=os.sysconf("SC_PAGE_SIZE"),
-                user={"uid": os.getuid(), "name": user, "sudo_user": os.environ.get("SUDO_USER")},
-                argv=self.opts.argv,
-                targets=statuses,
-                attach_seconds=attach_seconds,
-                interval=self.opts.interval,
-            )
+        start = schema.start_record(
+            self.clock,
+            vmtrace_version=__version__,
+            kernel=os.uname().release,
+            backend=self.session.backend if self.session else "?",
+            backend_reason=self.backend_reason,
+            page_size=os.sysconf("SC_PAGE_SIZE"),
+            user={"uid": os.getuid(), "name": user, "sudo_user": os.environ.get("SUDO_USER")},
+            argv=self.opts.argv,
+            targets=statuses,
+            attach_seconds=attach_seconds,
+            interval=self.opts.interval,
+            filters=self._filters(),
         )
+        for entry, (info, status) in zip(start["targets"], statuses, strict=True):
+            entry["taskstats"] = self._kernel_view(info.pid, status)
+        self._emit(start)
         if not self.opts.command:
             for info in infos:
                 self._emit(
-                    schema.maps_record(
-                        self.clock, now, info.pid, info.comm, procfs.read_maps(info.pid)
-                    )
+                    schema.maps_record(self.clock, now, info.pid, info.comm, all_maps[info.pid])
                 )
         self._flush()
-        pids = ", ".join(f"{i.pid} ({i.comm})" for i in infos)
+        pids = ", ".join(f"{i.pid} ({i.comm})" for i in infos) or self._scope()
         self.log(
             f"tracing {pids} with the {self.session.backend if self.session else '?'} backend "
             f"(attached in {attach_seconds:.2f} s); "
             "Ctrl-C to stop"
         )
+
+    def _scope(self) -> str:
+        o = self.opts
+        if o.all:
+            return "every process"
+        parts = [f"processes named {', '.join(o.comms)}"] if o.comms else []
+        if o.cgroup:
+            parts.append(f"cgroup {o.cgroup}")
+        return " and ".join(parts) or "nothing yet"
+
+    def _filters(self) -> dict[str, object]:
+        o = self.opts
+        return {
+            "follow": o.follow,
+            "all": o.all,
+            "comms": list(o.comms),
+            "cgroup": o.cgroup,
+            "min_delta_kb": o.min_delta // 1024,
+            "all_events": o.all_events,
+            "hwm_step_kb": o.hwm_step // 1024,
+        }
+
+    def _adopt(self, ev: KernelEvent) -> _Target:
+        """A process the kernel side started tracing by itself (--follow, --all, --comm,
+        --cgroup): learn what it is, as far as /proc still can tell."""
+        assert self.enricher is not None
+        fallback = procfs.ProcessInfo(ev.pid, ev.comm, (), 0, {})
+        info = procfs.inspect_target_quietly(ev.pid, fallback)
+        target = self.targets[ev.pid] = _Target(info)
+        self.engine.start(ev.pid, info.comm, None)
+        if ev.kind is not EventKind.FORK:  # a fork record attaches the child's maps itself
+            self.enricher.attach(ev.pid, procfs.read_maps(ev.pid))
+        return target
 
     def _loop(self, stop: _Stop) -> str:
         assert self.session is not None
@@ -235,16 +356,22 @@ class Tracer:
         next_sample = time.monotonic() + self.opts.interval
         while True:
             self._process(self.session.poll(POLL_MS))
+            self._drain_exits()
             self._check_lost()
             now = time.monotonic()
             if now >= next_sample:
                 self._sample()
                 next_sample = now + self.opts.interval
-            self._check_alive()
+                self._check_alive()
+            elif self.child is not None:
+                self._check_alive()  # `run` ends as soon as the command does
             self._flush()
             if stop.reason:
                 return stop.reason
-            if not any(t.alive for t in self.targets.values()):
+            # --all, --comm and --cgroup may have nothing traced yet, or again: they run
+            # until stopped. Named targets (and their --follow children) end with the last.
+            open_ended = self.opts.all or bool(self.opts.comms) or self.opts.cgroup is not None
+            if not open_ended and not any(t.alive for t in self.targets.values()):
                 return "targets-exited"
             if deadline is not None and now >= deadline:
                 return "duration"
@@ -253,8 +380,10 @@ class Tracer:
         assert self.enricher is not None
         for ev in batch:
             target = self.targets.get(ev.pid)
-            if target is None:
-                continue
+            if target is None or not target.alive:
+                if not self.opts.discovers:
+                    continue
+                target = self._adopt(ev)
             self.events += 1
             explained = self.engine.explain(self.enricher.enrich(ev))
             if ev.kind is EventKind.EXEC:
@@ -268,29 +397,53 @@ class Tracer:
 
     def _sample(self) -> None:
         assert self.session is not None
-        for pid, target in self.targets.items():
+        for pid, target in list(self.targets.items()):
             if not target.alive:
                 continue
-            status = procfs.read_status(pid)
-            ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            # Changes made before the reading are in the ring buffer by now (or under a lock
-            # not yet released: the engine allows one such disagreement).
-            self._process(self.session.drain())
+            status, ts = self._settled_status(pid)
             if status is None or not target.alive:
                 continue
             check = self.engine.check_sample(ts, pid, status)
-            self._emit(schema.sample_record(check, self.clock, target.info.comm))
+            rec = schema.sample_record(check, self.clock, target.info.comm)
+            kernel = self._kernel_view(pid, status)
+            if kernel is not None:
+                rec["taskstats"] = kernel
+            self._emit(rec)
+
+    def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int]:
+        """/proc/PID/status, read when the events can agree with it: a change made before
+        the reading is in the ring buffer once drained, unless its mmap_lock was still held
+        (or its syscall had not returned); such a reading is retried a few times, briefly,
+        before it counts as a disagreement (and two of those as a mismatch)."""
+        assert self.session is not None
+        page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+        status, ts = None, 0
+        for attempt in range(4):
+            status = procfs.read_status(pid)
+            ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self._process(self.session.drain())
+            if self.opts.min_delta and not self.opts.all_events:
+                kernel_peak = self.session.kernel_peak_pages(pid)
+                if kernel_peak is not None:
+                    self.engine.note_kernel_peak(pid, kernel_peak * page_kb)
+            if status is None or status.vm_peak_kb == self.engine.expected_vm_peak_kb(pid):
+                break
+            time.sleep(0.005 * (attempt + 1))
+        return status, ts
 
     def _check_lost(self) -> None:
         assert self.session is not None
         total = self.session.lost()
         if total > self.lost_reported:
             now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            self._emit(schema.lost_record(self.clock, now, total - self.lost_reported, total))
+            per_cpu = self.session.lost_per_cpu()
+            self._emit(
+                schema.lost_record(self.clock, now, total - self.lost_reported, total, per_cpu)
+            )
             self.lost_reported = total
 
     def _check_alive(self) -> None:
-        for pid, target in self.targets.items():
+        for pid, target in list(self.targets.items()):
             if not target.alive:
                 continue
             gone = False
@@ -310,6 +463,20 @@ class Tracer:
                     source = "wait" if self.child is not None else "proc"
                     self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
+    def _drain_exits(self) -> None:
+        """Taskstats exit notifications: the kernel's final VmPeak/VmHWM of each traced
+        process, sent from do_exit before the mm goes (so they outlive /proc)."""
+        if self._exits is None:
+            return
+        for st in self._exits.drain():
+            if st.aggregate != "tgid" or st.pid not in self.targets:
+                continue
+            self._kernel_exit[st.pid] = st
+            if self.targets[st.pid].alive:
+                assert self.session is not None
+                self._process(self.session.drain())  # its last records, BPF exit included
+                self._exited(st.pid, "taskstats", time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+
     def _exited(self, pid: int, source: str, ts_ns: int) -> None:
         target = self.targets[pid]
         if not target.alive:
@@ -318,6 +485,19 @@ class Tracer:
         exit_status = None
         if self.child is not None and self.child.pid == pid and self.child.returncode is not None:
             exit_status = self.child.returncode
+        if pid not in self._kernel_exit and self._exits is not None:
+            # The notification is sent before the mm is torn down: it is queued by now.
+            for rec in self._exits.drain():
+                if rec.aggregate == "tgid":
+                    self._kernel_exit[rec.pid] = rec
+        final: TaskStat | None = self._kernel_exit.pop(pid) if pid in self._kernel_exit else None
+        kernel = None
+        if final is not None:
+            kernel = {
+                "hiwater_vm_kb": final.hiwater_vm_kb,
+                "hiwater_rss_kb": final.hiwater_rss_kb,
+                "exit_code": final.exit_code,
+            }
         self._emit(
             schema.exit_record(
                 self.clock,
@@ -328,6 +508,7 @@ class Tracer:
                 source,
                 target.last,
                 exit_status,
+                kernel,
             )
         )
         if self.session is not None:
@@ -347,7 +528,14 @@ class Tracer:
             self.log(f"warning: {self.session.decode_errors} records could not be decoded")
         self._emit(
             schema.end_record(
-                self.clock, now, reason, self.events, self.lost_reported, self.engine.summary()
+                self.clock,
+                now,
+                reason,
+                self.events,
+                self.lost_reported,
+                self.engine.summary(),
+                lost_per_cpu=self.session.lost_per_cpu(),
+                filtered=self.session.filtered(),
             )
         )
         self._flush()
@@ -362,8 +550,9 @@ class Tracer:
 
 
 def _name_file(pid: int, fd: int, start: int, end: int) -> str | None:
-    # The fd may be closed already (ld.so closes right after mapping); the mapping lasts longer.
-    return procfs.read_fd_path(pid, fd) or procfs.read_mapped_file(pid, start, end)
+    # The mapping itself first: by the time the record is read the fd may be closed (ld.so
+    # closes right after mapping) or even reused for another file; the fd is the fallback.
+    return procfs.read_mapped_file(pid, start, end) or procfs.read_fd_path(pid, fd)
 
 
 def default_log(msg: str) -> None:

@@ -54,3 +54,21 @@ class WallClock:
         ns = self.wall_ns_of(ts_ns)
         t = _dt.datetime.fromtimestamp(ns / 1e9)
         return t.strftime("%H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'64M', '1G', '512k', '4096' -> bytes (binary units, as /proc's kB are)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    num, unit = t, ""
+    if t and t[-1] in _SIZE_UNITS:
+        num, unit = t[:-1], t[-1]
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 64M, 1G, 4096)") from None
+    if value < 0:
+        raise ValueError(f"{text!r}: a size cannot be negative")
+    return int(value * _SIZE_UNITS[unit])

@@ -8,6 +8,7 @@ scripts/kernel-vm) the same tests check the other direction.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,13 @@ def test_unusable_backends_fail_with_one_line(doctor: dict[str, object]) -> None
         assert len(lines) == 1, f"{backend}: expected one line, got:\n{proc.stderr}"
         assert lines[0].startswith("vmtrace: failed to "), lines[0]
         assert backend in lines[0]
+
+
+def test_expected_backends_load_here(doctor: dict[str, object]) -> None:
+    """scripts/test-vm names the backends the 6.1 VM must load (VMTRACE_EXPECT_BACKENDS), so
+    a backend that silently stopped loading there fails CI instead of being skipped."""
+    expected = os.environ.get("VMTRACE_EXPECT_BACKENDS", "").split()
+    working = doctor["working"]
+    assert isinstance(working, list)
+    missing = [b for b in expected if b not in working]
+    assert not missing, f"expected {missing} to load on {os.uname().release}: {doctor['backends']}"

@@ -101,6 +101,8 @@ def _struct(types: dict[int, RawType], name: str) -> int:
 EXPECTED_MEMBERS = {
     "task_mm": ("task_struct", "mm"),
     "task_stack": ("task_struct", "stack"),
+    "task_tgid": ("task_struct", "tgid"),
+    "mm_rss_stat": ("mm_struct", "rss_stat"),
     "mm_total_vm": ("mm_struct", "total_vm"),
     "mm_hiwater_vm": ("mm_struct", "hiwater_vm"),
     "mm_stack_vm": ("mm_struct", "stack_vm"),
@@ -131,8 +133,22 @@ def test_every_btf_offset_matches_bpftool(raw_types: dict[int, RawType]) -> None
         assert getattr(offsets, field) == bits // 8, f"{field} ({struct_name}.{member})"
     pt_regs = raw_types[_struct(raw_types, "pt_regs")]
     assert offsets.pt_regs_size == int(pt_regs.attrs["size"])
+    # The RSS counter layout: percpu_counter array (6.2+) or mm_rss_stat's atomic_long_t array.
+    if any(r.kind == "STRUCT" and r.name == "mm_rss_stat" for r in raw_types.values()):
+        assert (offsets.rss_stride, offsets.rss_count) == (8, 0)
+    else:
+        pcpu = _struct(raw_types, "percpu_counter")
+        assert offsets.rss_stride == int(raw_types[pcpu].attrs["size"])
+        count_bits = _bits_of(raw_types, pcpu, "count")
+        assert count_bits is not None and offsets.rss_count == count_bits // 8
     # Every field is checked: the BTF ones above, the config-derived ones by their range.
-    checked = set(EXPECTED_MEMBERS) | {"pt_regs_size", "thread_size", "stack_top_padding"}
+    checked = set(EXPECTED_MEMBERS) | {
+        "pt_regs_size",
+        "thread_size",
+        "stack_top_padding",
+        "rss_stride",
+        "rss_count",
+    }
     assert checked == {f.name for f in dataclasses.fields(offsets)}
     assert offsets.thread_size in (16384, 32768)
     assert offsets.stack_top_padding in (0, 16)

@@ -160,18 +160,21 @@ def test_struct_layout_matches_ctypes_field_by_field() -> None:
 def test_struct_layout_expected_numbers() -> None:
     """The layout written out, so that a change to both sides at once is still noticed."""
     offsets, size = c_layout(parse_struct(header_text(), "vmt_event"))
-    assert size == 176
+    assert size == 208
     assert offsets["ret"] == 24
     assert offsets["args"] == 32
     assert offsets["total_vm_before"] == 80
     assert offsets["stack_id"] == 152
     assert offsets["comm"] == 160
+    assert offsets["rss_before"] == 176
+    assert offsets["rss_member"] == 200
+    assert offsets["cpu"] == 204
 
 
 def test_signedness_matches() -> None:
     fields = {f.name: f.ctype for f in parse_struct(header_text(), "vmt_event")}
     signed = {name for name, t in fields.items() if t.startswith("__s")}
-    assert signed == {"syscall_nr", "ret", "stack_id"}
+    assert signed == {"syscall_nr", "ret", "stack_id", "rss_member"}
     for name, ctype, *_ in abi.EventStruct._fields_:
         if name in signed:
             assert ctype in (ctypes.c_int32, ctypes.c_int64), name
@@ -228,6 +231,11 @@ def packed(**overrides: object) -> bytes:
         stack_id=-14,
         flags=abi.FLAG_HAS_RET | abi.FLAG_NEW_PEAK,
         comm=b"my worker",
+        rss_before=300,
+        rss_after=310,
+        hiwater_rss=305,
+        rss_member=1,
+        cpu=1,
     )
     values.update(overrides)
     for k, v in values.items():
@@ -259,6 +267,11 @@ def test_round_trip() -> None:
         stack_id=-14,
         flags=abi.FLAG_HAS_RET | abi.FLAG_NEW_PEAK,
         comm="my worker",
+        rss_before_pages=300,
+        rss_after_pages=310,
+        hiwater_rss_pages=305,
+        rss_member=1,
+        cpu=1,
     )
     assert ev.has_ret is True
     assert ev.new_peak is True
@@ -299,13 +312,16 @@ def test_longer_buffer_is_accepted() -> None:
 
 
 def test_short_buffer_raises() -> None:
-    with pytest.raises(abi.DecodeError, match=f"record of 175 bytes, expected {abi.EVENT_SIZE}"):
+    short = abi.EVENT_SIZE - 1
+    with pytest.raises(
+        abi.DecodeError, match=f"record of {short} bytes, expected {abi.EVENT_SIZE}"
+    ):
         abi.decode_event(packed()[:-1])
     with pytest.raises(abi.DecodeError):
         abi.decode_event(b"")
 
 
-@pytest.mark.parametrize("kind", [0, 6, 0xFFFFFFFF])
+@pytest.mark.parametrize("kind", [0, 8, 0xFFFFFFFF])
 def test_unknown_kind_raises(kind: int) -> None:
     with pytest.raises(abi.DecodeError, match=f"unknown record kind {kind}"):
         abi.decode_event(packed(kind=kind))
@@ -318,3 +334,28 @@ def test_decode_error_is_a_value_error() -> None:
 def test_decode_counters() -> None:
     assert abi.decode_counters([1, 2, 3, 0]) == 6
     assert abi.decode_counters([]) == 0
+
+
+def test_config_struct_matches_header() -> None:
+    """struct vmt_config (filters written by user space) against its ctypes mirror."""
+    fields = parse_struct(header_text(), "vmt_config")
+    offsets, size = c_layout(fields)
+    assert [f.name for f in fields] == [name for name, *_ in abi.ConfigStruct._fields_]
+    for f in fields:
+        ct = getattr(abi.ConfigStruct, f.name)
+        assert (f.name, ct.offset, ct.size) == (f.name, offsets[f.name], f.size)
+    assert ctypes.sizeof(abi.ConfigStruct) == size
+
+
+def test_trace_config_encodes_every_filter() -> None:
+    cfg = abi.TraceConfig(
+        min_delta_pages=16384, hwm_step_pages=256, cgroup_id=77, cgroup_level=3,
+        follow=True, all=False, comms=("nginx",),
+    )  # fmt: skip
+    c = cfg.encode()
+    assert (c.min_delta_pages, c.hwm_step_pages, c.cgroup_id, c.cgroup_level) == (
+        16384, 256, 77, 3,
+    )  # fmt: skip
+    assert (c.follow, c.all, c.comm_filter) == (1, 0, 1)
+    assert abi.comm_key("nginx") == b"nginx" + b"\0" * 11
+    assert abi.comm_key("a-very-long-process-name") == b"a-very-long-pro\0"

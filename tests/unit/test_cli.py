@@ -101,7 +101,7 @@ def test_run_without_a_command(runner: CliRunner) -> None:
 def test_pid_before_subcommand_is_refused(runner: CliRunner) -> None:
     res = runner.invoke(cli, ["-p", "1", "run", "--", "true"])
     assert res.exit_code == 2
-    assert "-p/--pid goes before no subcommand" in res.output
+    assert "-p, --comm, --cgroup and -a go without a subcommand" in res.output
 
 
 def test_nonexistent_pid_one_line_error() -> None:

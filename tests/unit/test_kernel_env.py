@@ -295,7 +295,8 @@ def test_bad_status_file(tmp_path: Path) -> None:
 
 def test_cflags_naming() -> None:
     names = [
-        "task_mm", "task_stack", "mm_total_vm", "mm_hiwater_vm", "mm_stack_vm",
+        "task_mm", "task_stack", "task_tgid", "mm_rss_stat", "rss_stride", "rss_count",
+        "mm_total_vm", "mm_hiwater_vm", "mm_stack_vm",
         "mm_hiwater_rss", "pt_regs_size", "pt_regs_orig_ax", "pt_regs_di", "pt_regs_si",
         "pt_regs_dx", "pt_regs_r10", "pt_regs_r8", "pt_regs_r9", "pt_regs_sp", "pt_regs_ip",
         "thread_size", "stack_top_padding",
@@ -303,10 +304,11 @@ def test_cflags_naming() -> None:
     offsets = KernelOffsets(**{n: i for i, n in enumerate(names)})
     flags = offsets.cflags()
     assert flags[0] == "-DVMT_OFF_TASK_MM=0"
-    assert "-DVMT_OFF_MM_TOTAL_VM=2" in flags
-    assert "-DVMT_OFF_PT_REGS_ORIG_AX=7" in flags
-    assert "-DVMT_OFF_THREAD_SIZE=16" in flags
-    assert flags[-1] == "-DVMT_OFF_STACK_TOP_PADDING=17"
+    assert "-DVMT_OFF_MM_TOTAL_VM=6" in flags
+    assert "-DVMT_OFF_RSS_STRIDE=4" in flags
+    assert "-DVMT_OFF_PT_REGS_ORIG_AX=11" in flags
+    assert "-DVMT_OFF_THREAD_SIZE=20" in flags
+    assert flags[-1] == "-DVMT_OFF_STACK_TOP_PADDING=21"
     assert len(flags) == len(names)
 
 
@@ -315,13 +317,21 @@ def _kernel_btf(path: Path) -> None:
     b = t.BtfBuilder()
     ulong = b.add_int("long unsigned int", 8)
     ptr = b.add_ref(t.PTR, "", ulong)
-    b.add_composite(t.STRUCT, "task_struct", 2048, [("stack", ptr, 256), ("mm", ptr, 9088)])
+    pid_t = b.add_int("int", 4)
+    b.add_composite(
+        t.STRUCT,
+        "task_struct",
+        2048,
+        [("stack", ptr, 256), ("mm", ptr, 9088), ("pid", pid_t, 10112), ("tgid", pid_t, 10144)],
+    )
+    s64 = b.add_int("long long int", 8)
+    b.add_composite(t.STRUCT, "percpu_counter", 40, [("lock", ulong, 0), ("count", s64, 64)])
     anon = b.add_composite(
         t.STRUCT,
         "",
         512,
         [("hiwater_rss", ulong, 2752), ("hiwater_vm", ulong, 2816), ("total_vm", ulong, 2880),
-         ("stack_vm", ulong, 3200)],
+         ("stack_vm", ulong, 3200), ("rss_stat", ulong, 7680)],
     )  # fmt: skip
     b.add_composite(t.STRUCT, "mm_struct", 1472, [("", anon, 0)])
     regs = ["r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx",
@@ -335,7 +345,8 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
     _kernel_btf(btf)
     offsets = read_offsets(str(btf), str(tmp_path / "no-config"), machine="x86_64")
     assert offsets == KernelOffsets(
-        task_mm=1136, task_stack=32, mm_total_vm=360, mm_hiwater_vm=352, mm_stack_vm=400,
+        task_mm=1136, task_stack=32, task_tgid=1268, mm_rss_stat=960, rss_stride=40,
+        rss_count=8, mm_total_vm=360, mm_hiwater_vm=352, mm_stack_vm=400,
         mm_hiwater_rss=344, pt_regs_size=168, pt_regs_orig_ax=120, pt_regs_di=112,
         pt_regs_si=104, pt_regs_dx=96, pt_regs_r10=56, pt_regs_r8=72, pt_regs_r9=64,
         pt_regs_sp=152, pt_regs_ip=128, thread_size=16384, stack_top_padding=0,
@@ -377,5 +388,5 @@ def test_missing_member_names_the_field(tmp_path: Path) -> None:
     b.add_composite(t.STRUCT, "task_struct", 16, [("stack", ulong, 0), ("mm", ulong, 64)])
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b.blob())
-    with pytest.raises(EnvironmentProblem, match=r"failed to find mm_struct\.total_vm in BTF"):
+    with pytest.raises(EnvironmentProblem, match=r"failed to find task_struct\.tgid in BTF"):
         read_offsets(str(btf), machine="x86_64")

@@ -175,6 +175,8 @@ def test_peak_record_is_exactly_as_documented(
             "path": "[anon]",
         },
         "stack": ["main+0x14 [job]", "0x7f00 (/lib/libc.so.6+0x1a2b)"],
+        "rss_kb": 0,
+        "hwm_kb": 0,
     }
     json.dumps(rec)  # serialisable as is
 

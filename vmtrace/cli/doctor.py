@@ -42,7 +42,7 @@ def _try(report: Report, name: str, fn: Any) -> Any:
 
 
 def diagnose(load: bool) -> Report:
-    from vmtrace.backends import KernelSurvey, candidates
+    from vmtrace.backends import KernelSurvey, candidates, forget_failure, remember_failure
     from vmtrace.kernel.headers import choose_headers
     from vmtrace.kernel.offsets import read_offsets
     from vmtrace.kernel.privileges import check_tracing_privileges
@@ -116,8 +116,10 @@ def diagnose(load: bool) -> Report:
                 entry.update(
                     status="ok", detail=f"loaded and detached in {time.monotonic() - t0:.2f} s"
                 )
+                forget_failure(cand.name, cand.plan)
             except VmtraceError as e:
                 entry.update(status="failed", detail=str(e))
+                remember_failure(cand.name, cand.plan, str(e))
             finally:
                 session.close()
         r.backends.append(entry)

@@ -11,7 +11,11 @@ import click
 
 from vmtrace import __version__
 from vmtrace.cli.doctor import doctor_cmd
+from vmtrace.cli.export import export_cmd
+from vmtrace.cli.plot import plot_cmd
+from vmtrace.cli.report import report_cmd
 from vmtrace.errors import VmtraceError
+from vmtrace.units import parse_size
 
 # Kept here rather than imported, so `vmtrace --help` loads nothing of the tracer.
 BACKEND_CHOICES = ("auto", "fentry", "kprobe", "tracepoint")
@@ -32,6 +36,23 @@ just before it lowers total_vm. vmtrace prints a PEAK line for every increase of
 with the call (mmap, brk, mremap, shmat, stack growth...), its size, mapping and user stack,
 and a LATCH line when hiwater_vm is recorded. Log schema: docs/log-schema.md.
 """
+
+
+class SizeType(click.ParamType):  # type: ignore[type-arg]
+    """64M, 1G, 512k, 4096 (bytes)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+SIZE = SizeType()
 
 
 def _positive(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
@@ -75,6 +96,40 @@ def common_options(f: F) -> F:
             help="Check /proc/PID/status against the events every SECONDS.",
         ),
         click.option(
+            "--follow",
+            is_flag=True,
+            help="Also trace children (fork, vfork, clone) from their first instruction; "
+            "an exec starts the peak over.",
+        ),
+        click.option(
+            "--min-delta",
+            type=SIZE,
+            default="0",
+            metavar="SIZE",
+            help="Report only VmPeak increases of at least SIZE (64M, 1G...). The kernel side "
+            "then keeps every other change to itself.",
+        ),
+        click.option(
+            "--all-events",
+            is_flag=True,
+            help="With --min-delta, still send and log every change (only the console filters).",
+        ),
+        click.option(
+            "--hwm-step",
+            type=SIZE,
+            default="0",
+            metavar="SIZE",
+            help="Explain VmHWM (peak RSS) too, one record each time it grows by SIZE "
+            "(e.g. 1M; off by default: it probes every RSS change).",
+        ),
+        click.option(
+            "--rotate",
+            type=SIZE,
+            default="0",
+            metavar="SIZE",
+            help="Rotate the -o log when it reaches SIZE (FILE.1, FILE.2, ...), losing nothing.",
+        ),
+        click.option(
             "--json",
             "json_stdout",
             is_flag=True,
@@ -104,20 +159,68 @@ def common_options(f: F) -> F:
     metavar="PID",
     help="Trace PID (all its threads); repeat for several processes.",
 )
+@click.option(
+    "--comm",
+    "comms",
+    multiple=True,
+    metavar="NAME",
+    help="Trace every process named NAME (its comm, 15 characters at most); repeatable.",
+)
+@click.option(
+    "--cgroup",
+    type=click.Path(exists=True, file_okay=False),
+    metavar="PATH",
+    help="Trace every process in cgroup v2 directory PATH and below (e.g. a container).",
+)
+@click.option(
+    "-a", "--all", "all_", is_flag=True, help="Trace every process, with per-process accounting."
+)
 @common_options
 @click.version_option(__version__, prog_name="vmtrace")
 @click.pass_context
-def cli(ctx: click.Context, /, pids: tuple[int, ...], **kw: Any) -> None:
+def cli(
+    ctx: click.Context,
+    /,
+    pids: tuple[int, ...],
+    comms: tuple[str, ...],
+    cgroup: str | None,
+    all_: bool,
+    **kw: Any,
+) -> None:
     """Explain, event by event, every change of a process's peak virtual memory (VmPeak)."""
     if ctx.invoked_subcommand is not None:
-        if pids:
-            raise click.UsageError("-p/--pid goes before no subcommand (use `vmtrace -p PID`)")
+        if pids or comms or cgroup or all_:
+            raise click.UsageError(
+                "-p, --comm, --cgroup and -a go without a subcommand (e.g. `vmtrace -p PID`)"
+            )
         return
-    if not pids:
-        raise click.UsageError("nothing to trace: give -p PID, or use `vmtrace run -- CMD`")
+    if not (pids or comms or cgroup or all_):
+        raise click.UsageError(
+            "nothing to trace: give -p PID, --comm NAME, --cgroup PATH or -a, "
+            "or use `vmtrace run -- CMD`"
+        )
+    if all_ and (pids or comms or cgroup):
+        raise click.UsageError(
+            "-a/--all traces every process: it goes without -p, --comm, --cgroup"
+        )
+    for name in comms:
+        if not name or len(name.encode()) > 15 or "/" in name:
+            raise click.BadParameter(
+                f"{name!r}: a process name is 1 to 15 bytes, without '/'", param_hint="--comm"
+            )
     from vmtrace.cli.trace import trace
 
-    ctx.exit(trace(started=_STARTED, pids=list(pids), command=None, **kw))
+    ctx.exit(
+        trace(
+            started=_STARTED,
+            pids=list(pids),
+            command=None,
+            comms=comms,
+            cgroup=cgroup,
+            all_=all_,
+            **kw,
+        )
+    )
 
 
 @cli.command(
@@ -136,6 +239,9 @@ def run_cmd(ctx: click.Context, /, command: tuple[str, ...], **kw: Any) -> None:
 
 
 cli.add_command(doctor_cmd)
+cli.add_command(report_cmd)
+cli.add_command(export_cmd)
+cli.add_command(plot_cmd)
 
 
 def main() -> None:

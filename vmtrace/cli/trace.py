@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from vmtrace.sinks import ConsoleSink, JsonlSink, Sink, open_log
+from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
 
@@ -21,6 +21,14 @@ def trace(
     json_stdout: bool,
     verbose: int,
     quiet: bool,
+    follow: bool = False,
+    min_delta: int = 0,
+    all_events: bool = False,
+    hwm_step: int = 0,
+    rotate: int = 0,
+    comms: tuple[str, ...] = (),
+    cgroup: str | None = None,
+    all_: bool = False,
 ) -> int:
     opts = TraceOptions(
         pids=pids,
@@ -28,19 +36,30 @@ def trace(
         duration=duration,
         interval=interval,
         backend=backend,
+        follow=follow,
+        comms=comms,
+        cgroup=cgroup,
+        all=all_,
+        min_delta=min_delta,
+        all_events=all_events,
+        hwm_step=hwm_step,
         verbose=verbose,
         argv=sys.argv,
     )
     sinks: list[Sink] = []
     tracer = Tracer(opts, sinks, (lambda _m: None) if quiet else default_log)
     tracer.preflight()
-    log_sink = JsonlSink(open_log(output, force), output) if output else None
+    log_sink: JsonlSink | None = None
+    if output and rotate:
+        log_sink = RotatingJsonlSink(output, force, rotate)
+    elif output:
+        log_sink = JsonlSink(open_log(output, force), output)
     if log_sink is not None:
         sinks.append(log_sink)
     if json_stdout:
         sinks.append(JsonlSink(sys.stdout, "stdout"))
     else:
-        sinks.append(ConsoleSink(sys.stdout, tracer.clock, verbose))
+        sinks.append(ConsoleSink(sys.stdout, tracer.clock, verbose, min_delta // 1024))
     try:
         return tracer.run(started)
     finally:

@@ -136,9 +136,29 @@ class Btf:
 
     # ----------------------------------------------------------------- parsing
 
+    def has_struct(self, name: str) -> bool:
+        try:
+            self._composite_named(name)
+        except _Missing:
+            return False
+        return True
+
     def has_function(self, name: str) -> bool:
         """Whether BTF describes function `name` (what fentry/fexit programs attach to)."""
         return any(off in self._funcs for off in self._name_offsets(name))
+
+    def function_arg_count(self, name: str) -> int | None:
+        """How many arguments function `name` takes (its FUNC_PROTO's vlen); None if absent.
+        BPF trampolines before 6.6 take at most 6 on x86_64."""
+        for off in self._name_offsets(name):
+            tid = self._funcs.get(off)
+            if tid is None:
+                continue
+            proto = self._types[self._start(tid) + 2]  # a FUNC's `type` is its FUNC_PROTO
+            if self._kind(proto) != KIND_FUNC_PROTO:
+                return None
+            return int(self._types[self._start(proto) + 1] & 0xFFFF)
+        return None
 
     def _bad(self, reason: str) -> EnvironmentProblem:
         return EnvironmentProblem(f"failed to parse BTF from {self._source}: {reason}")
@@ -183,7 +203,7 @@ class Btf:
         n = len(words)
         starts = array("l", [0])  # type id 0 is void and has no record
         by_name: dict[int, list[int]] = {}
-        funcs: set[int] = set()
+        funcs: dict[int, int] = {}  # name offset -> type id of the FUNC
         fixed = _EXTRA_FIXED
         per_item = _EXTRA_PER_ITEM
         known = _KNOWN_KINDS
@@ -203,7 +223,7 @@ class Btf:
                     by_name.setdefault(name_off, []).append(tid)
                 pos += 3 + 3 * (info & 0xFFFF)
             elif kind == KIND_FUNC:
-                funcs.add(words[pos])
+                funcs.setdefault(words[pos], tid)
                 pos += 3
             elif kind in known:
                 pos += 3 + fixed.get(kind, 0) + per_item.get(kind, 0) * (info & 0xFFFF)

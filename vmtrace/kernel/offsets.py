@@ -25,6 +25,8 @@ _FRED_STACK_PADDING = 16
 _MEMBERS: dict[str, tuple[str, str]] = {
     "task_mm": ("task_struct", "mm"),
     "task_stack": ("task_struct", "stack"),
+    "task_tgid": ("task_struct", "tgid"),
+    "mm_rss_stat": ("mm_struct", "rss_stat"),
     "mm_total_vm": ("mm_struct", "total_vm"),
     "mm_hiwater_vm": ("mm_struct", "hiwater_vm"),
     "mm_stack_vm": ("mm_struct", "stack_vm"),
@@ -47,6 +49,10 @@ class KernelOffsets:
 
     task_mm: int
     task_stack: int
+    task_tgid: int
+    mm_rss_stat: int
+    rss_stride: int
+    rss_count: int
     mm_total_vm: int
     mm_hiwater_vm: int
     mm_stack_vm: int
@@ -98,6 +104,14 @@ def offsets_from_btf(btf: Btf, config: dict[str, str] | None) -> KernelOffsets:
     kasan = cfg.get("CONFIG_KASAN") == "y"
     fred = cfg.get("CONFIG_X86_FRED") == "y"
     values = {name: btf.member_offset(s, m) for name, (s, m) in _MEMBERS.items()}
+    # RSS counters: an array of struct percpu_counter since 6.2 (read its shared `count`,
+    # as /proc does), before that struct mm_rss_stat { atomic_long_t count[]; }.
+    if btf.has_struct("mm_rss_stat"):
+        values["rss_stride"] = 8
+        values["rss_count"] = btf.member_offset("mm_rss_stat", "count")
+    else:
+        values["rss_stride"] = btf.struct_size("percpu_counter")
+        values["rss_count"] = btf.member_offset("percpu_counter", "count")
     return KernelOffsets(
         pt_regs_size=btf.struct_size("pt_regs"),
         thread_size=_X86_64_THREAD_SIZE * (2 if kasan else 1),

@@ -12,14 +12,21 @@ generations (read in mm/mmap.c and mm/vma.c of each version):
 | 6.12 – 7.1  | vms_complete_munmap_vmas        | do_vmi_align_munmap                     |
 
 Writers of total_vm: vm_stat_account (every version; decreases too up to 6.11), the brk
-growth path (do_brk_flags, or vm_brk_flags where do_brk_flags is inlined), and from 6.12
-vms_complete_munmap_vmas, which lowers total_vm itself. The backends observe the counters
-on return from every writer and at the entry of the unmap path (before the latch).
+growth path (do_brk_flags, or vm_brk_flags), and from 6.12 vms_complete_munmap_vmas, which
+lowers total_vm itself. vm_stat_account is a global function, yet Debian's 6.1 build inlines
+it into its callers in mm/mmap.c (a kprobe on it saw none of 10 mmaps in the 6.1 VM), so
+the callers that matter outside a traced syscall are observed too: mmap_region (mappings
+made by the kernel for untraced calls, e.g. io_setup), expand_downwards (stack growth in a
+page fault), and the unmap entry on return (unmaps by untraced calls). Inside a traced
+syscall the exit sees whatever these missed.
 
-Static functions may be inlined, or cloned under a suffixed name (`.isra.0`,
-`.constprop.0`, `.part.0`): every name is checked against /proc/kallsyms (kprobes) or BTF
-(fentry), never assumed. Pure functions of the symbol lists, so they test on recorded
-copies (tests/fixtures/kernels/).
+The backends observe the counters on return from every writer found, and at the entry of
+the unmap path (before the latch). Static functions may be inlined, or cloned under a
+suffixed name (`.isra.0`, `.constprop.0`, `.part.0`): every name is checked against
+/proc/kallsyms and tracefs (kprobes) or BTF (fentry), never assumed. BPF trampolines take
+at most 6 arguments before 6.6 (error 524 on 6.1 for the 7-argument do_mas_align_munmap),
+so fentry skips longer functions. Pure functions of the symbol lists, so they test on
+recorded copies (tests/fixtures/kernels/).
 """
 
 from __future__ import annotations
@@ -28,21 +35,27 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# Ordered: the first that exists wins within a role, except where all are wanted.
 WRITERS: tuple[str, ...] = (
     "vm_stat_account",
+    "mmap_region",
+    "expand_downwards",
     "vms_complete_munmap_vmas",
     "do_brk_flags",
     "vm_brk_flags",
 )
+BRK_WRITERS = ("do_brk_flags", "vm_brk_flags")
+# Best first: the first that exists is the entry observed before the latch.
 UNMAP_ENTRIES: tuple[str, ...] = (
-    "do_vmi_align_munmap",  # 6.6+ (6.12+: the single path)
+    "do_vmi_align_munmap",  # 6.6+ (6.12+: the single path to vms_complete_munmap_vmas)
+    "do_vmi_munmap",  # 6.6 – 6.11 (6 arguments: fentry's fallback there)
     "do_mas_align_munmap",  # 6.1: munmap and brk shrink both reach it
+    "do_mas_munmap",  # 6.1 (6 arguments; brk shrink goes around it)
     "__do_munmap",  # 5.4 – 6.0
     "do_munmap",  # 4.14 – 4.19 (later kernels keep it, but munmap(2) bypasses it)
 )
-BRK_WRITERS = ("do_brk_flags", "vm_brk_flags")
 EXIT_MMAP = "exit_mmap"
+MAX_TRAMPOLINE_ARGS = 6
+MAX_FENTRY_WRITERS = 6  # VMT_FEXIT_0..5 in bpf/fentry.c
 
 _CLONE = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z0-9_]*)\.(?:isra|constprop|part|llvm)\.\d+$")
 
@@ -94,37 +107,54 @@ def _variants(name: str, symbols: set[str]) -> list[str]:
     return sorted(clones)
 
 
+def _base(symbol: str) -> str:
+    return symbol.split(".", 1)[0]
+
+
 def resolve_kprobe_sites(symbols: Iterable[str], traceable: set[str] | None = None) -> ProbePlan:
     """Sites for the kprobe backend; `traceable` (available_filter_functions), when known,
     excludes functions that exist but cannot be probed (notrace, or only a symbol left by
-    an inlined static)."""
+    an inlined static). None means unknown (the file cannot be read), not "nothing"."""
     syms = set(symbols)
     if traceable is not None:
         syms &= traceable
     writers: list[str] = []
     for name in WRITERS:
-        if name in BRK_WRITERS and any(w.split(".")[0] in BRK_WRITERS for w in writers):
+        if name in BRK_WRITERS and any(_base(w) in BRK_WRITERS for w in writers):
             continue  # one brk path is enough; do_brk_flags is the inner one
         writers += _variants(name, syms)
-    if not any(w.split(".")[0] == "vm_stat_account" for w in writers):
+    if not any(_base(w) in ("vm_stat_account", "mmap_region") for w in writers):
         raise NoSites(
-            "vm_stat_account is not probe-able on this kernel (it accounts every new mapping)"
+            "neither vm_stat_account nor mmap_region can be probed on this kernel "
+            "(they account every new mapping)"
         )
     entries: list[str] = []
     for name in UNMAP_ENTRIES:
         entries = _variants(name, syms)
         if entries:
             break
+    # Unmaps by untraced calls lower total_vm: observe the entry's return too.
+    after = writers + [e for e in entries if e not in writers]
     exit_mmap = EXIT_MMAP if EXIT_MMAP in syms else None
-    return ProbePlan(tuple(writers), tuple(entries), exit_mmap)
+    return ProbePlan(tuple(after), tuple(entries), exit_mmap)
 
 
-def resolve_fentry_sites(has_function: Callable[[str], bool]) -> ProbePlan:
-    """Sites for the fentry backend: functions described in BTF (clones never are)."""
-    writers = [n for n in WRITERS if has_function(n)]
+def resolve_fentry_sites(
+    has_function: Callable[[str], bool],
+    arg_count: Callable[[str], int | None] = lambda _n: 0,
+) -> ProbePlan:
+    """Sites for the fentry backend: functions described in BTF (clones never are) that a
+    trampoline can take (at most MAX_TRAMPOLINE_ARGS arguments)."""
+
+    def usable(name: str) -> bool:
+        n = arg_count(name)
+        return has_function(name) and (n is None or n <= MAX_TRAMPOLINE_ARGS)
+
+    writers = [n for n in WRITERS if usable(n)]
     if "do_brk_flags" in writers and "vm_brk_flags" in writers:
         writers.remove("vm_brk_flags")
-    if "vm_stat_account" not in writers:
-        raise NoSites("vm_stat_account is not in BTF (fentry needs BTF for each function)")
-    entry = next((n for n in UNMAP_ENTRIES if has_function(n)), None)
-    return ProbePlan(tuple(writers[:4]), (entry,) if entry else (), None)
+    if not {"vm_stat_account", "mmap_region"} & set(writers):
+        raise NoSites("neither vm_stat_account nor mmap_region is in BTF (fentry needs BTF)")
+    entry = next((n for n in UNMAP_ENTRIES if usable(n)), None)
+    after = writers + ([entry] if entry and entry not in writers else [])
+    return ProbePlan(tuple(after[:MAX_FENTRY_WRITERS]), (entry,) if entry else (), None)

@@ -1,0 +1,250 @@
+"""Production scope: --follow, --min-delta, VmHWM, --cgroup, exit records.
+
+Every expectation is a number the workload (tests/integration/prodload.c) read from its own
+/proc/self/status: vmtrace's records must agree with the kernel, not with the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration._require import require
+from tests.integration.conftest import (
+    RUN_TIMEOUT_S,
+    Record,
+    read_jsonl,
+    start_vmtrace,
+    tail,
+    wait_for_start,
+)
+
+pytestmark = pytest.mark.bpf
+
+PRODLOAD_SRC = Path(__file__).resolve().parent / "prodload.c"
+
+
+@pytest.fixture(scope="module")
+def prodload(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = shutil.which("gcc")
+    require(gcc is not None, "gcc is needed to build tests/integration/prodload.c")
+    assert gcc is not None
+    out = tmp_path_factory.mktemp("prodload") / "prodload"
+    res = subprocess.run(
+        [gcc, "-O0", "-Wall", "-o", str(out), str(PRODLOAD_SRC)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def run_traced(
+    workdir: Path, *args: str, command: list[str]
+) -> tuple[list[Record], list[dict[str, Any]], str]:
+    """`vmtrace run ARGS -o LOG -- COMMAND`; the log, the workload's reports, vmtrace's stdout."""
+    log = workdir / "log.jsonl"
+    reports = workdir / "reports.jsonl"
+    with reports.open("wb") as out:
+        vmt = start_vmtrace(["run", *args, "-o", str(log), "--", *command], workdir)
+        rc = vmt.proc.wait(timeout=RUN_TIMEOUT_S)
+    assert rc == 0, f"vmtrace run exited {rc}\n{tail(vmt.stderr())}"
+    # The workload's stdout went to vmtrace's stdout file (vmtrace run passes it through).
+    lines = [ln for ln in vmt.stdout().splitlines() if ln.startswith('{"what"')]
+    out.close()
+    return read_jsonl(log), [json.loads(ln) for ln in lines], vmt.stdout()
+
+
+def of(records: list[Record], rtype: str, pid: int | None = None) -> list[Record]:
+    return [r for r in records if r["type"] == rtype and (pid is None or r["pid"] == pid)]
+
+
+def max_peak(records: list[Record], pid: int) -> int:
+    return max((r["vm_peak_kb"] or 0) for r in records if r["pid"] == pid)
+
+
+# ---- --follow ---------------------------------------------------------------------------
+
+
+def test_follow_traces_children_and_their_exec(prodload: Path, tmp_path: Path) -> None:
+    """GIVEN a parent (64 MiB) that forks child A (maps 200 MiB) and child B (execs a 300 MiB
+    program) WHEN traced with --follow THEN each process's peaks end exactly at the VmPeak it
+    read itself, B's exec is reported (the peak starts over), and all three exit records
+    carry those values."""
+    records, reports, _ = run_traced(tmp_path, "--follow", command=[str(prodload), "family"])
+    by_what = {r["what"]: r for r in reports}
+    parent = by_what["parent-64"]
+    child_a = by_what["child-a-200"]
+    child_b = by_what["big"]
+    forks = of(records, "fork")
+    assert {f["pid"] for f in forks} == {child_a["pid"], child_b["pid"]}, forks
+    assert all(f["parent_pid"] == parent["pid"] for f in forks)
+    for who in (parent, child_a, child_b):
+        peaks = of(records, "peak", who["pid"])
+        assert peaks, f"no peak records for {who['what']} (pid {who['pid']})"
+        assert max_peak(records, who["pid"]) == who["vm_peak_kb"], (who, peaks[-3:])
+    assert of(records, "exec", child_b["pid"]), "child B's exec not reported"
+    exits = {r["pid"]: r for r in of(records, "exit")}
+    assert exits[child_a["pid"]]["vm_peak_kb"] == child_a["vm_peak_kb"]
+    assert exits[child_b["pid"]]["vm_peak_kb"] == child_b["vm_peak_kb"]
+    assert exits[parent["pid"]]["vm_peak_kb"] == by_what["parent-done"]["vm_peak_kb"]
+
+
+# ---- --min-delta ------------------------------------------------------------------------
+
+
+def test_min_delta_keeps_large_peaks_only(prodload: Path, tmp_path: Path) -> None:
+    """GIVEN ten 8 KiB peaks then one of 128 MiB WHEN traced with --min-delta 64M THEN only
+    the large one reaches the log (the kernel side filtered the rest and says how many),
+    and it ends exactly at the VmPeak the workload read."""
+    records, reports, stdout = run_traced(
+        tmp_path, "--min-delta", "64M", command=[str(prodload), "sizes"]
+    )
+    large = next(r for r in reports if r["what"] == "large")
+    peaks = of(records, "peak", large["pid"])
+    assert peaks and all(p["vm_peak_kb"] - p["vm_peak_kb_before"] >= 64 * 1024 for p in peaks)
+    assert peaks[-1]["vm_peak_kb"] == large["vm_peak_kb"]
+    assert not of(records, "grow") and not of(records, "shrink")
+    end = records[-1]
+    assert end["type"] == "end" and end["filtered"] >= 10, end
+    assert stdout.count(" PEAK ") == len(peaks)
+
+
+def test_all_events_logs_everything_but_prints_large_peaks(prodload: Path, tmp_path: Path) -> None:
+    """GIVEN the same workload WHEN traced with --min-delta 64M --all-events THEN every VmPeak
+    the workload read after a small mmap is a peak record in the log, while the console
+    shows only the peaks of at least 64 MiB."""
+    records, reports, stdout = run_traced(
+        tmp_path, "--min-delta", "64M", "--all-events", command=[str(prodload), "sizes"]
+    )
+    pid = reports[0]["pid"]
+    logged = {p["vm_peak_kb"] for p in of(records, "peak", pid)}
+    small = [r for r in reports if r["what"] == "small"]
+    raised = [b for a, b in itertools.pairwise(small) if b["vm_peak_kb"] > a["vm_peak_kb"]]
+    assert len(raised) >= 5, "the workload's small mmaps should raise VmPeak"
+    assert all(r["vm_peak_kb"] in logged for r in raised), (raised, sorted(logged))
+    large = [p for p in of(records, "peak") if p["vm_peak_kb"] - p["vm_peak_kb_before"] >= 65536]
+    assert stdout.count(" PEAK ") == len(large)
+
+
+# ---- VmHWM ------------------------------------------------------------------------------
+
+
+def test_hwm_records_follow_proc_vmhwm(prodload: Path, tmp_path: Path) -> None:
+    """GIVEN a workload touching 32 MiB in 1 MiB steps WHEN traced with --hwm-step 1M THEN
+    the last hwm record before its final reading is within one step of the VmHWM it read
+    (never above it), and hwm records are anon page growth."""
+    records, reports, _ = run_traced(
+        tmp_path, "--hwm-step", "1M", command=[str(prodload), "hwm", "32"]
+    )
+    done = next(r for r in reports if r["what"] == "hwm-done")
+    hwms = [r for r in of(records, "hwm", done["pid"]) if r["ts_ns"] <= done["ts_ns"]]
+    assert len(hwms) >= 20, f"expected ~32 hwm records, got {len(hwms)}"
+    last = hwms[-1]["hwm_kb"]
+    assert done["vm_hwm_kb"] - 1024 < last <= done["vm_hwm_kb"], (last, done)
+    assert all(h["rss_member"] == "anon" for h in hwms[1:])
+    assert all(h["hwm_kb"] > h["hwm_kb_before"] for h in hwms)
+
+
+# ---- --cgroup ---------------------------------------------------------------------------
+
+
+def _cgroup2_root() -> Iterator[Path]:
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                yield Path(parts[1])
+
+
+@pytest.fixture
+def cgroup_dir() -> Iterator[Path]:
+    """A fresh cgroup v2 directory (mounting cgroup2 if the machine has none, e.g. the VM)."""
+    mounted: Path | None = None
+    root = next(_cgroup2_root(), None)
+    if root is None:
+        mounted = Path(tempfile.mkdtemp(prefix="vmtrace-cg2-"))
+        res = subprocess.run(["mount", "-t", "cgroup2", "none", str(mounted)], capture_output=True)
+        require(res.returncode == 0, f"cannot mount cgroup2: {res.stderr!r}")
+        root = mounted
+    cg = root / f"vmtrace-test-{os.getpid()}"
+    cg.mkdir()
+    try:
+        yield cg
+    finally:
+        cg.rmdir()
+        if mounted is not None:
+            subprocess.run(["umount", str(mounted)], check=False)
+            mounted.rmdir()
+
+
+def _waiting(prodload: Path, mib: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [str(prodload), "wait", "big", str(mib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    ready = json.loads(proc.stdout.readline())
+    assert ready["what"] == "ready"
+    return proc
+
+
+def test_cgroup_traces_only_its_members(prodload: Path, cgroup_dir: Path, tmp_path: Path) -> None:
+    """GIVEN two waiting workloads, one moved into a cgroup WHEN traced with --cgroup THEN
+    the member's peak ends at its own VmPeak reading and the other is never traced."""
+    inside, outside = _waiting(prodload, 120), _waiting(prodload, 60)
+    try:
+        (cgroup_dir / "cgroup.procs").write_text(str(inside.pid))
+        log = tmp_path / "log.jsonl"
+        vmt = start_vmtrace(["--cgroup", str(cgroup_dir), "-o", str(log)], tmp_path)
+        wait_for_start(log, vmt)
+        reports = {}
+        for proc in (inside, outside):
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(b"\n")
+            proc.stdin.close()
+            reports[proc.pid] = json.loads(proc.stdout.readline())
+            assert proc.wait(timeout=RUN_TIMEOUT_S) == 0
+        vmt.proc.send_signal(signal.SIGINT)
+        assert vmt.proc.wait(timeout=RUN_TIMEOUT_S) == 0, tail(vmt.stderr())
+    finally:
+        for proc in (inside, outside):
+            if proc.poll() is None:
+                proc.kill()
+    records = read_jsonl(log)
+    traced = {r["pid"] for r in records if r.get("pid")}
+    assert outside.pid not in traced
+    assert max_peak(records, inside.pid) == reports[inside.pid]["vm_peak_kb"]
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "interrupted"
+
+
+# ---- exit -------------------------------------------------------------------------------
+
+
+def test_exit_record_carries_the_final_vmpeak(prodload: Path, tmp_path: Path) -> None:
+    """GIVEN an attached workload that maps 150 MiB, reads its VmPeak and exits THEN the exit
+    record's VmPeak equals that reading."""
+    proc = _waiting(prodload, 150)
+    try:
+        log = tmp_path / "log.jsonl"
+        vmt = start_vmtrace(["-p", str(proc.pid), "-o", str(log)], tmp_path)
+        wait_for_start(log, vmt)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"\n")
+        proc.stdin.close()
+        report = json.loads(proc.stdout.readline())
+        assert proc.wait(timeout=RUN_TIMEOUT_S) == 0
+        assert vmt.proc.wait(timeout=RUN_TIMEOUT_S) == 0, tail(vmt.stderr())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = read_jsonl(log)
+    (exit_rec,) = of(records, "exit", proc.pid)
+    assert exit_rec["vm_peak_kb"] == report["vm_peak_kb"], exit_rec

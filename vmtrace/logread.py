@@ -1,0 +1,512 @@
+"""Reading a vmtrace event log (docs/log-schema.md) back, for the offline tools.
+
+The reader streams: one line at a time, never the whole file, so a log of any length is read in
+constant memory. Every record it yields has been checked against the fields the offline tools
+use (types, ranges, address strings), so that they can trust what they get; anything else in a
+record is passed through untouched and never looked at (readers must ignore unknown fields).
+
+What it forgives and what it refuses (docs/offline.md):
+- a last line without its newline that is not a complete JSON object: the writer was killed
+  mid-record; a warning, and the records before it are used;
+- a record of an unknown `type`: skipped, with one warning per type;
+- anything else that is wrong is a `LogFormatError` naming the line: not JSON, not an object,
+  a field of the wrong type, a `start.version` newer than `SCHEMA_VERSION`.
+
+`change_from_record` turns a change record back into the `records.Change` the live tracer fed
+the engine, so `vmtrace.engine.PeakEngine` explains a log offline exactly as it did live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from vmtrace.errors import LogFormatError
+from vmtrace.records import Change, ChangeKind, Mapping, ProcStatus
+from vmtrace.schema import SCHEMA_VERSION
+
+Record = dict[str, Any]
+Warn = Callable[[str], None]
+
+# `fork` and `hwm` (a traced child appears; VmHWM rose) are change records too: same fields,
+# plus rss_kb, hwm_kb (and hwm_kb_before, rss_member for hwm; parent_pid for fork).
+CHANGE_TYPES = frozenset({"baseline", "peak", "latch", "grow", "shrink", "exec", "fork", "hwm"})
+KNOWN_TYPES = CHANGE_TYPES | {"start", "maps", "sample", "mismatch", "lost", "exit", "end"}
+
+# Kernel counters and addresses are 64-bit: anything larger is not from vmtrace (and would
+# overflow the float conversions of plots and exports).
+_LIMIT = 1 << 64
+
+
+class _Bad(Exception):
+    """A record that does not fit the schema; the reader adds the line number."""
+
+
+# -- field checks ---------------------------------------------------------------------------------
+
+
+def _int(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(f"field {name!r} is not an integer ({_show(v)})")
+    if not -_LIMIT < v < _LIMIT:
+        raise _Bad(f"field {name!r} is out of range ({_show(v)})")
+    return v
+
+
+def _str(v: object, name: str) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"field {name!r} is not a string ({_show(v)})")
+    return v
+
+
+def _addr(v: object, name: str) -> int:
+    """An address: a hex string as the log writes it (an int is accepted too)."""
+    if isinstance(v, str):
+        try:
+            n = int(v, 16)
+        except ValueError:
+            raise _Bad(f"field {name!r} is not a hex address ({_show(v)})") from None
+        if not 0 <= n < _LIMIT:
+            raise _Bad(f"field {name!r} is out of range ({_show(v)})")
+        return n
+    n = _int(v, name)
+    if n < 0:
+        raise _Bad(f"field {name!r} is not an address ({_show(v)})")
+    return n
+
+
+def _show(v: object) -> str:
+    text = json.dumps(v) if not isinstance(v, float) or v == v else "NaN"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _get(rec: MappingABC[str, Any], key: str, required: bool) -> Any:
+    if key not in rec:
+        if required:
+            raise _Bad(f"field {key!r} is missing")
+        return None
+    return rec[key]
+
+
+def _check_int(rec: MappingABC[str, Any], key: str, *, required: bool, null: bool) -> None:
+    v = _get(rec, key, required)
+    if v is None:
+        if key in rec and not null:
+            raise _Bad(f"field {key!r} is null")
+        return
+    _int(v, key)
+
+
+def _check_str(rec: MappingABC[str, Any], key: str, *, required: bool, null: bool) -> None:
+    v = _get(rec, key, required)
+    if v is None:
+        if key in rec and not null:
+            raise _Bad(f"field {key!r} is null")
+        return
+    _str(v, key)
+
+
+def _check_dict(v: object, name: str) -> MappingABC[str, Any]:
+    if not isinstance(v, dict):
+        raise _Bad(f"field {name!r} is not an object ({_show(v)})")
+    return v
+
+
+def _check_list(v: object, name: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise _Bad(f"field {name!r} is not a list ({_show(v)})")
+    return v
+
+
+def parse_mapping(v: object, name: str = "mapping") -> Mapping:
+    """A mapping object of the log ({start, end, perms, offset, path}) as a `records.Mapping`."""
+    try:
+        return _mapping(v, name)
+    except _Bad as e:
+        raise LogFormatError(f"failed to read the record: {e}") from None
+
+
+def _mapping(v: object, name: str) -> Mapping:
+    d = _check_dict(v, name)
+    start = _addr(_get(d, "start", True), f"{name}.start")
+    end = _addr(_get(d, "end", True), f"{name}.end")
+    if end < start:
+        raise _Bad(f"{name} ends before it starts ({d['start']}-{d['end']})")
+    perms = _str(_get(d, "perms", True), f"{name}.perms")
+    path = _str(_get(d, "path", True), f"{name}.path")
+    off = d.get("offset")
+    offset = 0 if off is None else _int(off, f"{name}.offset")
+    return Mapping(start, end, perms, path, offset)
+
+
+def _status(v: object, name: str) -> ProcStatus:
+    d = _check_dict(v, name)
+    return ProcStatus(
+        vm_peak_kb=_int(_get(d, "VmPeak", True), f"{name}.VmPeak"),
+        vm_size_kb=_int(_get(d, "VmSize", True), f"{name}.VmSize"),
+        vm_hwm_kb=_int(_get(d, "VmHWM", True), f"{name}.VmHWM"),
+        vm_rss_kb=_int(_get(d, "VmRSS", True), f"{name}.VmRSS"),
+    )
+
+
+# Arguments the offline tools read, per syscall: (key, kind).
+_ARGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "mmap": (("addr", "addr"), ("len", "int"), ("prot", "str"), ("flags", "str"), ("fd", "int")),
+    "munmap": (("addr", "addr"), ("len", "int")),
+    "brk": (("brk", "addr"),),
+    "mremap": (("old_addr", "addr"), ("old_len", "int"), ("new_len", "int"), ("flags", "str")),
+    "shmat": (("shmid", "int"), ("addr", "addr"), ("flags", "str")),
+    "shmdt": (("addr", "addr"),),
+}
+
+
+def _args(rec: MappingABC[str, Any]) -> None:
+    a = rec.get("args")
+    if a is None:
+        return
+    d = _check_dict(a, "args")
+    sc = rec.get("syscall")
+    for key, kind in _ARGS.get(sc, ()) if isinstance(sc, str) else ():
+        v = _get(d, key, True)
+        if kind == "addr":
+            _addr(v, f"args.{key}")
+        elif kind == "int":
+            _int(v, f"args.{key}")
+        else:
+            _str(v, f"args.{key}")
+
+
+def _ret(v: object) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return _addr(v, "ret")
+    return _int(v, "ret")
+
+
+def _stack(v: object) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    frames = _check_list(v, "stack")
+    for f in frames:
+        _str(f, "stack[]")
+    return tuple(frames)
+
+
+def _common(rec: MappingABC[str, Any]) -> None:
+    _check_int(rec, "ts_ns", required=True, null=False)
+    _check_str(rec, "time", required=False, null=True)
+    for key in ("pid", "tid", "total_vm_kb_before", "total_vm_kb_after"):
+        _check_int(rec, key, required=False, null=True)
+    for key in ("vm_peak_kb", "hiwater_vm_kb"):
+        _check_int(rec, key, required=False, null=True)
+    _check_str(rec, "comm", required=False, null=True)
+
+
+def _check_change(rec: MappingABC[str, Any]) -> None:
+    for key in ("pid", "tid", "total_vm_kb_before", "total_vm_kb_after", "vm_peak_kb"):
+        _check_int(rec, key, required=True, null=False)
+    for key in ("hiwater_vm_kb", "vm_peak_kb_before", "hiwater_vm_kb_before"):
+        _check_int(rec, key, required=True, null=False)
+    for key in ("delta_kb", "stack_vm_kb_before", "stack_vm_kb_after", "rss_kb", "hwm_kb"):
+        _check_int(rec, key, required=False, null=True)
+    for key in ("hwm_kb_before", "parent_pid"):
+        _check_int(rec, key, required=False, null=True)
+    _check_str(rec, "rss_member", required=False, null=True)
+    _check_str(rec, "cause", required=True, null=False)
+    _check_str(rec, "syscall", required=False, null=True)
+    _args(rec)
+    _ret(rec.get("ret"))
+    if rec.get("mapping") is not None:
+        _mapping(rec["mapping"], "mapping")
+    _stack(rec.get("stack"))
+
+
+def _check_start(rec: MappingABC[str, Any]) -> None:
+    _check_int(rec, "page_size", required=False, null=True)
+    ps = rec.get("page_size")
+    if ps is not None and (ps < 1024 or ps & (ps - 1)):
+        raise _Bad(f"field 'page_size' is not a page size ({ps})")
+    for key in ("vmtrace", "kernel", "backend"):
+        _check_str(rec, key, required=False, null=True)
+    targets = rec.get("targets")
+    if targets is None:
+        return
+    for i, t in enumerate(_check_list(targets, "targets")):
+        d = _check_dict(t, f"targets[{i}]")
+        _int(_get(d, "pid", True), f"targets[{i}].pid")
+        comm = d.get("comm")
+        if comm is not None:
+            _str(comm, f"targets[{i}].comm")
+        if d.get("status") is not None:
+            _status(d["status"], f"targets[{i}].status")
+
+
+def _check_maps(rec: MappingABC[str, Any]) -> None:
+    _check_int(rec, "pid", required=True, null=False)
+    for i, m in enumerate(_check_list(_get(rec, "mappings", True), "mappings")):
+        _mapping(m, f"mappings[{i}]")
+
+
+def _check_sample(rec: MappingABC[str, Any]) -> None:
+    _check_int(rec, "pid", required=True, null=False)
+    _status(_get(rec, "status", True), "status")
+    _check_int(rec, "expected_vm_peak_kb", required=False, null=True)
+    m = rec.get("match")
+    if m is not None and not isinstance(m, bool):
+        raise _Bad(f"field 'match' is not a boolean ({_show(m)})")
+    _check_str(rec, "detail", required=False, null=True)
+
+
+def _check_lost(rec: MappingABC[str, Any]) -> None:
+    _check_int(rec, "count", required=True, null=False)
+    _check_int(rec, "total", required=False, null=True)
+
+
+def _check_exit(rec: MappingABC[str, Any]) -> None:
+    _check_int(rec, "pid", required=True, null=False)
+    _check_str(rec, "source", required=False, null=True)
+    _check_int(rec, "exit_status", required=False, null=True)
+
+
+def _check_end(rec: MappingABC[str, Any]) -> None:
+    _check_str(rec, "reason", required=False, null=True)
+    _check_int(rec, "events", required=False, null=True)
+    _check_int(rec, "lost", required=False, null=True)
+
+
+_CHECKS: dict[str, Callable[[MappingABC[str, Any]], None]] = {
+    "start": _check_start,
+    "maps": _check_maps,
+    "sample": _check_sample,
+    "mismatch": _check_sample,
+    "lost": _check_lost,
+    "exit": _check_exit,
+    "end": _check_end,
+    **{t: _check_change for t in CHANGE_TYPES},
+}
+
+
+def check_record(rec: MappingABC[str, Any]) -> None:
+    """Raise LogFormatError if `rec` lacks a field the offline tools use, or has a bad one."""
+    try:
+        _check(rec)
+    except _Bad as e:
+        raise LogFormatError(f"failed to read the record: {e}") from None
+
+
+def _check(rec: MappingABC[str, Any]) -> None:
+    t = rec.get("type")
+    if not isinstance(t, str):
+        raise _Bad("it has no string field 'type'")
+    _common(rec)
+    check = _CHECKS.get(t)
+    if check is not None:
+        check(rec)
+
+
+# -- records → engine input -----------------------------------------------------------------------
+
+
+def change_from_record(rec: MappingABC[str, Any]) -> Change:
+    """A change record (`peak`, `latch`, `grow`, `shrink`, `exec`, `baseline`, `fork`, `hwm`)
+    as the `Change` the live tracer gave the engine. `vm_peak_kb_before` stands for the
+    kernel's peak before the change, so PeakEngine re-explains the record as it did live."""
+    t = rec.get("type")
+    if t not in CHANGE_TYPES:
+        raise LogFormatError(f"failed to read the record: a {t!r} record is not a change")
+    try:
+        _check(rec)
+        return _change(rec)
+    except _Bad as e:
+        raise LogFormatError(f"failed to read the record: {e}") from None
+
+
+_KINDS: dict[str, str] = {"exec": "exec", "baseline": "baseline", "fork": "fork", "hwm": "hwm"}
+# Fields of newer Change versions, filled only where records.Change has them.
+_EXTRA = ("rss_kb", "hwm_kb", "hwm_kb_before", "rss_member", "parent_pid")
+_CHANGE_FIELDS = frozenset(f.name for f in dataclasses.fields(Change))
+
+
+def _change(rec: MappingABC[str, Any]) -> Change:
+    kind = cast(ChangeKind, _KINDS.get(rec["type"], "change"))
+    args = rec.get("args")
+    mapping = rec.get("mapping")
+    change = Change(
+        kind=kind,
+        ts_ns=rec["ts_ns"],
+        pid=rec["pid"],
+        tid=rec["tid"],
+        comm=rec.get("comm") or "?",
+        cause=rec["cause"],
+        syscall=rec.get("syscall"),
+        args=dict(args) if args is not None else None,
+        ret=_ret(rec.get("ret")),
+        total_vm_kb_before=rec["total_vm_kb_before"],
+        total_vm_kb_after=rec["total_vm_kb_after"],
+        hiwater_vm_kb_before=rec["hiwater_vm_kb_before"],
+        hiwater_vm_kb_after=rec["hiwater_vm_kb"],
+        stack_vm_kb_before=rec.get("stack_vm_kb_before") or 0,
+        stack_vm_kb_after=rec.get("stack_vm_kb_after") or 0,
+        kernel_peak_kb_before=rec["vm_peak_kb_before"],
+        mapping=_mapping(mapping, "mapping") if mapping is not None else None,
+        stack=_stack(rec.get("stack")),
+    )
+    extra: dict[str, Any] = {
+        k: rec[k] for k in _EXTRA if k in _CHANGE_FIELDS and rec.get(k) is not None
+    }
+    return dataclasses.replace(change, **extra) if extra else change
+
+
+def status_from_record(rec: MappingABC[str, Any]) -> ProcStatus:
+    """The /proc/PID/status reading of a `sample` or `mismatch` record (or a start target)."""
+    try:
+        return _status(rec.get("status"), "status")
+    except _Bad as e:
+        raise LogFormatError(f"failed to read the record: {e}") from None
+
+
+# -- the reader -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LogReader:
+    """Iterate over the records of a log file, checked, in file order.
+
+    The first record yielded is always `start` (`self.start` once iteration began).
+    `line_no` is the line of the record last yielded, for messages about it.
+    """
+
+    path: str | os.PathLike[str]
+    warn: Warn = field(default=lambda _msg: None)
+    start: Record | None = None
+    line_no: int = 0
+    records: int = 0
+    complete: bool = False  # an `end` record was read
+    truncated: bool = False
+    _unknown: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return os.fspath(self.path)
+
+    def fail(self, what: str) -> LogFormatError:
+        return LogFormatError(f"failed to read {self.name}: {what}")
+
+    def __iter__(self) -> Iterator[Record]:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 (closed in the finally below)
+        except OSError as e:
+            raise self.fail(e.strerror or str(e)) from None
+        try:
+            yield from self._records(f)
+        finally:
+            f.close()
+
+    def _records(self, f: Any) -> Iterator[Record]:
+        n = 0
+        try:
+            for raw in f:
+                n += 1
+                self.line_no = n
+                rec = self._parse(raw, n)
+                if rec is None:
+                    continue
+                t = rec["type"]
+                if self.start is None:
+                    self.start = rec
+                elif t == "start":
+                    raise self.fail(f"line {n} is a second start record (two logs in one file?)")
+                elif t not in KNOWN_TYPES:
+                    if t not in self._unknown:
+                        self._unknown.add(t)
+                        self.warn(f"{self.name}: ignoring records of unknown type {t!r}")
+                    continue
+                if t == "end":
+                    self.complete = True
+                self.records += 1
+                yield rec
+        except OSError as e:
+            raise self.fail(f"line {n + 1}: {e.strerror or e}") from None
+        if self.start is None:
+            raise self.fail("it is empty" if n == 0 else "it has no records")
+
+    def _parse(self, raw: bytes, n: int) -> Record | None:
+        last_unterminated = not raw.endswith(b"\n")
+        if not raw.strip():
+            return None
+        try:
+            text = raw.decode("utf-8")
+            obj = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
+            if last_unterminated:
+                self._truncated(n)
+                return None
+            raise self.fail(f"line {n} is not JSON ({_reason(e)})") from None
+        if not isinstance(obj, dict):
+            if last_unterminated:
+                self._truncated(n)
+                return None
+            raise self.fail(f"line {n} is not a JSON object (it is {type(obj).__name__})")
+        if self.start is None:
+            self._check_start(obj, n)  # before the fields: a newer version may change them
+        try:
+            _check(obj)
+        except _Bad as e:
+            t = obj.get("type")
+            what = f"{t:.20} record" if isinstance(t, str) else "record"
+            raise self.fail(f"line {n}: {what}: {e}") from None
+        return obj
+
+    def _truncated(self, n: int) -> None:
+        self.truncated = True
+        self.warn(
+            f"{self.name}: line {n} is incomplete (the log ends mid-record: was vmtrace "
+            "killed?); ignoring it"
+        )
+
+    def _check_start(self, rec: Record, n: int) -> None:
+        t = rec.get("type")
+        if t != "start":
+            what = f"a {t:.20} record" if isinstance(t, str) else "not a record"
+            raise self.fail(f"line {n} is {what}, not `start` (is this a vmtrace log?)")
+        v = rec.get("version")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(f"line {n}: the start record has no integer `version`")
+        if v > SCHEMA_VERSION:
+            raise self.fail(
+                f"it is a version {v} log and this vmtrace reads version {SCHEMA_VERSION} at "
+                "most (fix: read it with a newer vmtrace)"
+            )
+        if v < 1:
+            raise self.fail(f"line {n}: the start record has an invalid version {v}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 at byte {e.start}"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e)
+
+
+def read_log(path: str | os.PathLike[str], warn: Warn | None = None) -> Iterator[Record]:
+    """The checked records of the log at `path`, streamed; see LogReader."""
+    return iter(LogReader(path, warn or (lambda _m: None)))
+
+
+def numbered(reader: LogReader) -> Iterator[tuple[int, Record]]:
+    """(line number, record) pairs of a reader, for messages that name the line."""
+    for rec in reader:
+        yield reader.line_no, rec
