@@ -70,6 +70,8 @@ static __always_inline struct target_state *target_of(u32 tgid)
 	struct vmt_config *cfg = config.lookup(&zero);
 	if (!cfg || !(cfg->all || cfg->cgroup_id || cfg->comm_filter))
 		return 0;
+	if (tgid == cfg->self_tgid)
+		return 0;
 	if (vmt_current_mm() == 0)
 		return 0;  /* kernel threads have no address space to explain */
 	int covered = cfg->all;

@@ -76,6 +76,8 @@ struct vmt_config {
 	__u32 follow;           /* children of traced processes are traced */
 	__u32 all;              /* every process with a user address space */
 	__u32 comm_filter;      /* processes whose comm is in the `comms` map */
+	__u32 self_tgid;        /* vmtrace itself: never auto-added (it would trace its own work) */
+	__u32 reserved;
 };
 
 /* Indexes into the per-CPU `counters` array. */

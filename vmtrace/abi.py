@@ -78,6 +78,8 @@ class ConfigStruct(ctypes.Structure):
         ("follow", ctypes.c_uint32),
         ("all", ctypes.c_uint32),
         ("comm_filter", ctypes.c_uint32),
+        ("self_tgid", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
     ]
 
 
@@ -92,6 +94,7 @@ class TraceConfig:
     follow: bool = False
     all: bool = False
     comms: tuple[str, ...] = ()
+    self_tgid: int = 0
 
     def encode(self) -> ConfigStruct:
         return ConfigStruct(
@@ -102,6 +105,7 @@ class TraceConfig:
             follow=int(self.follow),
             all=int(self.all),
             comm_filter=int(bool(self.comms)),
+            self_tgid=self.self_tgid,
         )
 
 

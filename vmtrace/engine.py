@@ -118,6 +118,17 @@ class PeakEngine:
             p.latches += 1
         return explained
 
+    def vm_hwm_kb(self, pid: int) -> int | None:
+        p = self._procs.get(pid)
+        return p.vm_hwm_kb if p else None
+
+    def reset_hwm(self, pid: int, vm_hwm_kb: int) -> None:
+        """VmHWM was reset (clear_refs) or fell: later HWM records count from here."""
+        p = self._procs.get(pid)
+        if p is not None:
+            p.vm_hwm_kb = vm_hwm_kb
+            p.hwm_set_by = None
+
     def note_kernel_peak(self, pid: int, vm_peak_kb: int) -> None:
         """With --min-delta the kernel keeps small peaks to itself; its per-mm peak (read
         from the BPF map) is then the reference the samples are checked against."""

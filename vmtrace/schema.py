@@ -177,6 +177,20 @@ def sample_record(s: SampleCheck, clock: WallClock, comm: str | None) -> Record:
     return rec
 
 
+def hwm_reset_record(
+    clock: WallClock, ts_ns: int, pid: int, comm: str, hwm_kb_before: int, status: ProcStatus
+) -> Record:
+    rec = _common("hwm-reset", clock, ts_ns, pid=pid, comm=comm, vm_peak=status.vm_peak_kb)
+    rec.update(
+        hwm_kb_before=hwm_kb_before,
+        hwm_kb=status.vm_hwm_kb,
+        status=status_dict(status),
+        detail="VmHWM went down: /proc/PID/clear_refs was written (5), or pages were "
+        "reclaimed before an unmap latched hiwater_rss",
+    )
+    return rec
+
+
 def lost_record(
     clock: WallClock, ts_ns: int, count: int, total: int, per_cpu: list[int] | None = None
 ) -> Record:

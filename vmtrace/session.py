@@ -226,6 +226,25 @@ class BccSession:
         table = self._bpf["targets"]
         table[ctypes.c_uint32(pid)] = table.Leaf()
 
+    def forget_symbols(self, pid: int) -> None:
+        """Drop bcc's symbol cache of an exited process: it lives in a class-level dict that
+        would otherwise grow with every process traced (--all, --follow, long runs)."""
+        caches = getattr(type(self._bpf), "_sym_caches", None) if self._bpf is not None else None
+        if isinstance(caches, dict):
+            caches.pop(pid, None)
+
+    def reset_hwm(self, pid: int, hwm_pages: int) -> None:
+        """VmHWM went down (clear_refs, or reclaim before any latch): HWM records restart
+        from the new value."""
+        table = self._bpf["targets"]
+        key = ctypes.c_uint32(pid)
+        try:
+            st = table[key]
+        except KeyError:
+            return
+        st.hwm_sent = hwm_pages
+        table[key] = st
+
     def remove_target(self, pid: int) -> None:
         with contextlib.suppress(KeyError):
             del self._bpf["targets"][ctypes.c_uint32(pid)]

@@ -69,6 +69,11 @@ class RotatingJsonlSink(JsonlSink):
     record (with `part`), so every file can be read on its own and none loses a record."""
 
     def __init__(self, path: str, force: bool, max_bytes: int) -> None:
+        if not force and os.path.lexists(f"{path}.1"):
+            raise OutputError(
+                f"failed to create {path}: {path}.1 exists from an earlier rotated log "
+                "(fix: choose another -o, or add --force)"
+            )
         super().__init__(open_log(path, force), path)
         self._path = path
         self._force = force
@@ -88,10 +93,13 @@ class RotatingJsonlSink(JsonlSink):
 
     def _rotate(self) -> None:
         self.flush()
+        target = f"{self._path}.{self._part}"
+        if not self._force and os.path.lexists(target):
+            raise OutputError(f"failed to rotate {self._path}: {target} exists (refused)")
         try:
             os.fsync(self._f.fileno())
             self._f.close()
-            os.rename(self._path, f"{self._path}.{self._part}")
+            os.rename(self._path, target)
         except OSError as e:
             raise OutputError(f"failed to rotate {self._path}: {e.strerror}") from None
         self._part += 1
@@ -197,6 +205,11 @@ class ConsoleSink:
             where = f"during {rec['syscall']}()" if rec.get("syscall") else "by page faults"
             lines.append(f"    {rec.get('rss_member') or 'rss'} pages brought in {where}")
             lines += [f"      #{i} {frame}" for i, frame in enumerate(rec.get("stack") or [])]
+        elif t == "hwm-reset":
+            lines.append(
+                f"{self._t(rec)} HWM-RESET pid {rec['pid']} {rec['comm']}: VmHWM "
+                f"{human_kb(rec['hwm_kb_before'])} -> {human_kb(rec['hwm_kb'])} ({rec['detail']})"
+            )
         elif t == "fork":
             lines.append(
                 f"{self._t(rec)} FORK  pid {rec['pid']} {rec['comm']} forked from pid "

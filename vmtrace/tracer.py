@@ -157,6 +157,7 @@ class Tracer:
             follow=self.opts.follow,
             all=self.opts.all,
             comms=self.opts.comms,
+            self_tgid=os.getpid(),
         )
 
     def _open_backend(self) -> BccSession:
@@ -178,9 +179,7 @@ class Tracer:
                 if self.opts.verbose > 1 and session.diagnostics:
                     self.log(f"bcc said, loading {session.backend}:\n{session.diagnostics}")
                 if last:
-                    raise ProbeError(
-                        "; ".join([*tried, str(e)]) if tried else str(e)
-                    ) from None
+                    raise ProbeError("; ".join([*tried, str(e)]) if tried else str(e)) from None
                 tried.append(f"{session.backend}: {e}")
                 if self.opts.verbose:
                     self.log(f"backend {session.backend} did not load: {e}")
@@ -405,10 +404,24 @@ class Tracer:
                 continue
             check = self.engine.check_sample(ts, pid, status)
             rec = schema.sample_record(check, self.clock, target.info.comm)
+            if self.opts.hwm_step:
+                self._check_hwm_reset(ts, pid, target, status)
             kernel = self._kernel_view(pid, status)
             if kernel is not None:
                 rec["taskstats"] = kernel
             self._emit(rec)
+
+    def _check_hwm_reset(self, ts: int, pid: int, target: _Target, status: ProcStatus) -> None:
+        """VmHWM only goes down when someone writes 5 to /proc/PID/clear_refs (hiwater_rss
+        is reset to the current RSS), or when pages were reclaimed before any unmap
+        latched hiwater_rss. Say so, and let HWM records start again from there."""
+        assert self.session is not None
+        before = self.engine.vm_hwm_kb(pid)
+        if before is None or status.vm_hwm_kb >= before - max(1024, self.opts.hwm_step // 1024):
+            return
+        self.engine.reset_hwm(pid, status.vm_hwm_kb)
+        self.session.reset_hwm(pid, status.vm_hwm_kb * 1024 // os.sysconf("SC_PAGE_SIZE"))
+        self._emit(schema.hwm_reset_record(self.clock, ts, pid, target.info.comm, before, status))
 
     def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int]:
         """/proc/PID/status, read when the events can agree with it: a change made before
@@ -513,6 +526,7 @@ class Tracer:
         )
         if self.session is not None:
             self.session.remove_target(pid)
+            self.session.forget_symbols(pid)
         if self.enricher is not None:
             self.enricher.forget(pid)
 

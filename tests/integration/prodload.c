@@ -7,6 +7,8 @@
  *   prodload big MIB      maps and touches MIB MiB, reports, exits
  *   prodload sizes        ten 8 KiB mmaps (small peaks), then one of 128 MiB (a large one)
  *   prodload hwm MIB      touches MIB MiB in 1 MiB steps, reporting VmHWM after each
+ *   prodload hwm-reset MIB  touches MIB MiB, drops it (MADV_DONTNEED), writes 5 to
+ *                         /proc/self/clear_refs (VmHWM falls to RSS), waits 1.5 s
  *   prodload wait ...     like the above, after a line on stdin (for attach tests)
  */
 #define _GNU_SOURCE
@@ -101,6 +103,19 @@ int main(int argc, char **argv)
 				p[(i << 20) + off] = 1;
 		}
 		report("hwm-done", n);
+		return 0;
+	}
+	if (strcmp(mode, "hwm-reset") == 0) {
+		char *p = map_touch(n, n);
+		report("touched", n);
+		madvise(p, (size_t)n << 20, MADV_DONTNEED);
+		int fd = open("/proc/self/clear_refs", O_WRONLY);
+		if (fd < 0 || write(fd, "5", 1) != 1)
+			return 7;
+		close(fd);
+		report("reset", n);
+		usleep(1500000);
+		report("after", n);
 		return 0;
 	}
 	if (strcmp(mode, "family") == 0) {
