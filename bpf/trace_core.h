@@ -433,7 +433,8 @@ static __always_inline void vmt_mm_exiting(u64 mm)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
 	struct target_state *st = targets.lookup(&tgid);
-	if (!st || st->mm != mm || vmt_current_mm() != 0)
+	/* st->mm == 0: exiting before the probes ever saw it act (no baseline yet) */
+	if (!st || (st->mm != 0 && st->mm != mm) || vmt_current_mm() != 0)
 		return;
 	struct mm_snap now = {};
 	vmt_read_mm(mm, &now);
@@ -444,6 +445,9 @@ static __always_inline void vmt_mm_exiting(u64 mm)
 	e->flags &= ~VMT_FLAG_NEW_PEAK;
 	e->syscall_nr = -1;
 	submit(e);
+	/* Forget the process here, not when user space gets to it: a new process given the
+	 * same pid meanwhile must not be taken for this one. */
+	targets.delete(&tgid);
 }
 
 #ifdef VMT_HAVE_EXIT_MMAP

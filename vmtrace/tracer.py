@@ -30,7 +30,7 @@ from vmtrace.cgroups import resolve_cgroup
 from vmtrace.child import HeldChild
 from vmtrace.engine import PeakEngine
 from vmtrace.enrich import Enricher
-from vmtrace.errors import EnvironmentProblem, ProbeError, VmtraceError
+from vmtrace.errors import EnvironmentProblem, OutputError, ProbeError, VmtraceError
 from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
@@ -105,6 +105,7 @@ class Tracer:
         self._sessions: list[BccSession] = []
         self._unusable: list[str] = []
         self.backend_reason = ""
+        self.output_error: OutputError | None = None
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -237,6 +238,8 @@ class Tracer:
                 for closable in (self._exits, self._taskstats):
                     if closable is not None:
                         closable.close()
+        if self.output_error is not None:
+            raise self.output_error
         if self.child is not None:
             rc = self.child.wait()
             return rc if rc >= 0 else 128 - rc
@@ -367,6 +370,8 @@ class Tracer:
             self._flush()
             if stop.reason:
                 return stop.reason
+            if self.output_error is not None:
+                return "error"
             # --all, --comm and --cgroup may have nothing traced yet, or again: they run
             # until stopped. Named targets (and their --follow children) end with the last.
             open_ended = self.opts.all or bool(self.opts.comms) or self.opts.cgroup is not None
@@ -555,12 +560,26 @@ class Tracer:
         self._flush()
 
     def _emit(self, rec: schema.Record) -> None:
-        for sink in self.sinks:
-            sink.write(rec)
+        for sink in list(self.sinks):
+            try:
+                sink.write(rec)
+            except OutputError as e:
+                self._sink_failed(sink, e)
 
     def _flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
+        for sink in list(self.sinks):
+            try:
+                sink.flush()
+            except OutputError as e:
+                self._sink_failed(sink, e)
+
+    def _sink_failed(self, sink: Sink, error: OutputError) -> None:
+        """A full disk or a vanished output: stop writing there, stop tracing, keep what was
+        written (whole lines, at most a partial last one), report the error at the end."""
+        self.sinks.remove(sink)
+        if self.output_error is None:
+            self.output_error = error
+            self.log(f"{error}; stopping the trace (what was written is kept)")
 
 
 def _name_file(pid: int, fd: int, start: int, end: int) -> str | None:

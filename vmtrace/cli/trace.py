@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
+from vmtrace.errors import OutputError
 from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
@@ -64,5 +66,6 @@ def trace(
         return tracer.run(started)
     finally:
         if log_sink is not None:
-            log_sink.close()
+            with contextlib.suppress(OutputError):  # already reported by the tracer
+                log_sink.close()
         sys.stdout.flush()
