@@ -27,6 +27,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from vmtrace.errors import OutputError, UsageError
 from vmtrace.logread import CHANGE_TYPES, Record
+from vmtrace.sinks import create_output
 from vmtrace.units import human_kb
 
 MAX_POINTS = 20_000  # per series, before decimation
@@ -479,18 +480,10 @@ svg {{ max-width: 100%; height: auto; }}
 
 
 def write(data: PlotData, path: str, fmt: str, force: bool = False) -> None:
-    """Write the picture to `path` (0644 by default umask; never over a file unless `force`)."""
+    """Write the picture to `path` (like every output: 0600, never through a symlink, never
+    over a file unless `force`)."""
     blob = render(data, fmt)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    flags |= os.O_TRUNC if force else os.O_EXCL
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise OutputError(
-            f"failed to create {path}: it exists (fix: choose another -o, or add --force)"
-        ) from None
-    except OSError as e:
-        raise OutputError(f"failed to create {path}: {e.strerror}") from None
+    fd = create_output(path, force)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)

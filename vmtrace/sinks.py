@@ -20,6 +20,12 @@ class Sink(Protocol):
 
 def open_log(path: str, force: bool) -> IO[str]:
     """Create the log 0600, never through a symlink, never over a file unless `force`."""
+    return os.fdopen(create_output(path, force), "w", encoding="utf-8")
+
+
+def create_output(path: str, force: bool) -> int:
+    """The fd of a new output file (logs, reports, exports, plots): mode 0600, never through
+    a symlink, never over an existing file unless `force`."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     flags |= os.O_TRUNC if force else os.O_EXCL
     try:
@@ -33,7 +39,7 @@ def open_log(path: str, force: bool) -> IO[str]:
             raise OutputError(f"failed to create {path}: it is a symlink (refused)") from None
         raise OutputError(f"failed to create {path}: {e.strerror}") from None
     os.fchmod(fd, 0o600)  # with --force the file existed: its old mode must not leak the log
-    return os.fdopen(fd, "w", encoding="utf-8")
+    return fd
 
 
 class JsonlSink:

@@ -274,25 +274,8 @@ def test_cgroup_traces_only_its_members(prodload: Path, cgroup_dir: Path, tmp_pa
     """GIVEN two waiting workloads, one moved into a cgroup WHEN traced with --cgroup THEN
     the member's peak ends at its own VmPeak reading and the other is never traced."""
     inside, outside = _waiting(prodload, 120), _waiting(prodload, 60)
-    try:
-        (cgroup_dir / "cgroup.procs").write_text(str(inside.pid))
-        log = tmp_path / "log.jsonl"
-        vmt = start_vmtrace(["--cgroup", str(cgroup_dir), "-o", str(log)], tmp_path)
-        wait_for_start(log, vmt)
-        reports = {}
-        for proc in (inside, outside):
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(b"\n")
-            proc.stdin.close()
-            reports[proc.pid] = json.loads(proc.stdout.readline())
-            assert proc.wait(timeout=RUN_TIMEOUT_S) == 0
-        vmt.proc.send_signal(signal.SIGINT)
-        assert vmt.proc.wait(timeout=RUN_TIMEOUT_S) == 0, tail(vmt.stderr())
-    finally:
-        for proc in (inside, outside):
-            if proc.poll() is None:
-                proc.kill()
-    records = read_jsonl(log)
+    (cgroup_dir / "cgroup.procs").write_text(str(inside.pid))
+    records, reports, _ = _release_all(["--cgroup", str(cgroup_dir)], [inside, outside], tmp_path)
     traced = {r["pid"] for r in records if r.get("pid")}
     assert outside.pid not in traced
     assert max_peak(records, inside.pid) == reports[inside.pid]["vm_peak_kb"]
