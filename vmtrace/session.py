@@ -5,6 +5,7 @@ The only module that imports bcc; everything downstream gets decoded `KernelEven
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -299,6 +300,18 @@ class BccSession:
         return frames
 
     def close(self) -> None:
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        """Detach every probe and close every fd, whatever fails on the way: detaching
+        comes first in bcc's cleanup, so even a failed close leaves nothing attached."""
+        bpf, self._bpf = self._bpf, None
+        if bpf is None:
+            return
+        atexit.unregister(bpf.cleanup)  # bcc registers it too; once is enough
+        try:
+            bpf.cleanup()
+        except OSError:
+            # Seen once in the 6.1 VM: a program fd already closed (EBADF) when bcc closed
+            # it. Close what is left rather than leave it to a second, failing atexit call.
+            for name, fn in list(getattr(bpf, "funcs", {}).items()):
+                with contextlib.suppress(OSError):
+                    os.close(fn.fd)
+                bpf.funcs.pop(name, None)
