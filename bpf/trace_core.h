@@ -353,8 +353,10 @@ static __always_inline int on_exit(void *ctx, s64 ret)
 		return 0;
 	}
 	/* Whatever the observation points missed (a writer that could not be probed, a
-	 * restore after the last one) is seen here, still inside the call. */
-	if (st)
+	 * restore after the last one) is seen here. Not for lock-release observers: the lock
+	 * is gone by now, and another thread's change still under its own lock would be
+	 * taken for this call's. */
+	if (VMT_MERGE_WITHIN_CALL && st)
 		vmt_observe(ctx, call->mm);
 	call = inflight.lookup(&tid);
 	if (call && call->has_pending) {
@@ -368,6 +370,7 @@ static __always_inline int on_exit(void *ctx, s64 ret)
 				.stack_vm = call->pending.stack_vm_after,
 			};
 			call->pending.peak_before = st->peak;
+			fill_rss(&call->pending, call->mm);
 			if (last.total_vm > st->peak)
 				call->pending.flags |= VMT_FLAG_NEW_PEAK;
 			else
