@@ -99,12 +99,10 @@ static __always_inline void count(int idx)
 /* --min-delta: changes that neither raise VmPeak by enough nor latch hiwater_vm stay in
  * the kernel; the peak is still tracked exactly (targets map), so the next record and the
  * samples remain right. */
-static __always_inline int worth_sending(struct vmt_event *e)
+static __always_inline int worth_sending(struct vmt_event *e, struct vmt_config *cfg)
 {
 	if (e->kind != VMT_KIND_SYSCALL && e->kind != VMT_KIND_OTHER)
 		return 1;
-	int zero = 0;
-	struct vmt_config *cfg = config.lookup(&zero);
 	if (!cfg || cfg->min_delta_pages == 0)
 		return 1;
 	if (e->hiwater_vm_after != e->hiwater_vm_before)
@@ -115,7 +113,11 @@ static __always_inline int worth_sending(struct vmt_event *e)
 
 static __always_inline void submit(struct vmt_event *e)
 {
-	if (!worth_sending(e)) {
+	int zero = 0;
+	struct vmt_config *cfg = config.lookup(&zero);
+	if (cfg && cfg->stopped)
+		return;
+	if (!worth_sending(e, cfg)) {
 		count(VMT_CNT_FILTERED);
 		return;
 	}

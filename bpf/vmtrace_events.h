@@ -77,7 +77,7 @@ struct vmt_config {
 	__u32 all;              /* every process with a user address space */
 	__u32 comm_filter;      /* processes whose comm is in the `comms` map */
 	__u32 self_tgid;        /* vmtrace itself: never auto-added (it would trace its own work) */
-	__u32 reserved;
+	__u32 stopped;          /* set at shutdown: nothing more is sent, so the ring can be drained */
 };
 
 /* Indexes into the per-CPU `counters` array. */

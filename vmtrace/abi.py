@@ -79,7 +79,7 @@ class ConfigStruct(ctypes.Structure):
         ("all", ctypes.c_uint32),
         ("comm_filter", ctypes.c_uint32),
         ("self_tgid", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("stopped", ctypes.c_uint32),
     ]
 
 
@@ -95,6 +95,7 @@ class TraceConfig:
     all: bool = False
     comms: tuple[str, ...] = ()
     self_tgid: int = 0
+    stopped: bool = False
 
     def encode(self) -> ConfigStruct:
         return ConfigStruct(
@@ -106,6 +107,7 @@ class TraceConfig:
             all=int(self.all),
             comm_filter=int(bool(self.comms)),
             self_tgid=self.self_tgid,
+            stopped=int(self.stopped),
         )
 
 

@@ -36,7 +36,7 @@ from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
 from vmtrace.records import Explained, ProcStatus
-from vmtrace.session import BccSession
+from vmtrace.session import MAX_BATCH, BccSession
 from vmtrace.sinks import Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
@@ -225,19 +225,23 @@ class Tracer:
                 released = True
             reason = self._loop(stop)
         finally:
-            if not released and self.child is not None:
-                self.child.abandon()
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            # The handlers stay until everything is written and detached: a second Ctrl-C
+            # during shutdown must not cut the log short or leave probes behind.
             try:
+                if not released and self.child is not None:
+                    self.child.abandon()
                 if self.session is not None:
                     self._finish(reason)
             finally:
-                if session is not None:
-                    session.close()
-                for closable in (self._exits, self._taskstats):
-                    if closable is not None:
-                        closable.close()
+                try:
+                    if session is not None:
+                        session.close()
+                    for closable in (self._exits, self._taskstats):
+                        if closable is not None:
+                            closable.close()
+                finally:
+                    signal.signal(signal.SIGINT, old_int)
+                    signal.signal(signal.SIGTERM, old_term)
         if self.output_error is not None:
             raise self.output_error
         if self.child is not None:
@@ -538,7 +542,14 @@ class Tracer:
     def _finish(self, reason: str) -> None:
         assert self.session is not None
         try:
-            self._process(self.session.drain())
+            # Everything the kernel sent before the stop: it sends nothing more, so the ring,
+            # which its size bounds, is drained to the end even after a flood.
+            self.session.stop_sending()
+            while True:
+                batch = self.session.drain()
+                self._process(batch)
+                if len(batch) < MAX_BATCH:
+                    break
             self._check_lost()
         except VmtraceError as e:
             self.log(f"failed to drain the last records: {e}")

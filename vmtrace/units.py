@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 
 _UNITS = (("GiB", 1024 * 1024), ("MiB", 1024), ("kB", 1))
 
@@ -69,6 +70,11 @@ def parse_size(text: str) -> int:
         value = float(num)
     except ValueError:
         raise ValueError(f"{text!r} is not a size (e.g. 64M, 1G, 4096)") from None
+    if value != value or value in (math.inf, -math.inf):
+        raise ValueError(f"{text!r} is not a size (e.g. 64M, 1G, 4096)")
     if value < 0:
         raise ValueError(f"{text!r}: a size cannot be negative")
-    return int(value * _SIZE_UNITS[unit])
+    size = int(value * _SIZE_UNITS[unit])
+    if size >= 1 << 63:
+        raise ValueError(f"{text!r} is larger than any address space")
+    return size

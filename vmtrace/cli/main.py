@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from vmtrace.units import parse_size
 BACKEND_CHOICES = ("auto", "fentry", "kprobe", "tracepoint")
 
 _STARTED = time.monotonic()
+PID_MAX_LIMIT = 4194304  # include/linux/threads.h: no pid is ever larger on 64-bit
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXAMPLES = """\b
@@ -56,8 +58,8 @@ SIZE = SizeType()
 
 
 def _positive(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be greater than 0")
+    if value is not None and not (0 < value < math.inf):  # also refuses nan
+        raise click.BadParameter("must be a number of seconds greater than 0")
     return value
 
 
@@ -154,7 +156,7 @@ def common_options(f: F) -> F:
     "-p",
     "--pid",
     "pids",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=PID_MAX_LIMIT),
     multiple=True,
     metavar="PID",
     help="Trace PID (all its threads); repeat for several processes.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 
 from vmtrace.errors import OutputError
@@ -65,6 +66,10 @@ def trace(
     try:
         return tracer.run(started)
     finally:
+        # Done: a Ctrl-C now (Python resets SIGINT while it shuts down) must not turn a
+        # complete trace into an exit by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if log_sink is not None:
             with contextlib.suppress(OutputError):  # already reported by the tracer
                 log_sink.close()
