@@ -195,6 +195,9 @@ class BccSession:
         except Exception as e:
             self.diagnostics = "".join(noise)
             detail = str(e).strip() or type(e).__name__
+            if "super-user" in detail and os.geteuid() == 0:
+                # bcc's wording for any EPERM; as root it means the kernel said no
+                detail = "the kernel refused it although vmtrace runs as root"
             gist = _last_error_line(self.diagnostics)
             if gist and gist not in detail:
                 detail = f"{gist} ({detail})"

@@ -106,6 +106,7 @@ class Tracer:
         self._unusable: list[str] = []
         self.backend_reason = ""
         self.output_error: OutputError | None = None
+        self._stop = _Stop()
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -205,7 +206,7 @@ class Tracer:
             self.child = HeldChild(opts.command)
             released = False
             infos = [procfs.inspect_target(self.child.pid)]
-        stop = _Stop()
+        stop = self._stop
         old_int = signal.signal(signal.SIGINT, stop)
         old_term = signal.signal(signal.SIGTERM, stop)
         reason = "error"
@@ -443,7 +444,7 @@ class Tracer:
         for attempt in range(4):
             status = procfs.read_status(pid)
             ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            self._process(self.session.drain())
+            self._drain_all(max_batches=2)
             if self.opts.min_delta and not self.opts.all_events:
                 kernel_peak = self.session.kernel_peak_pages(pid)
                 if kernel_peak is not None:
@@ -452,6 +453,17 @@ class Tracer:
                 break
             time.sleep(0.005 * (attempt + 1))
         return status, ts
+
+    def _drain_all(self, max_batches: int = 50) -> None:
+        """Whatever is in the ring now, batch by batch (a flood from other targets cannot
+        keep this going for more than max_batches, nor past a Ctrl-C: the final drain, once
+        the kernel side has stopped sending, takes what is left)."""
+        assert self.session is not None
+        for _ in range(max_batches):
+            batch = self.session.drain()
+            self._process(batch)
+            if len(batch) < MAX_BATCH or self._stop.reason:
+                return
 
     def _check_lost(self) -> None:
         assert self.session is not None
@@ -480,7 +492,7 @@ class Tracer:
                 )
             if gone:
                 assert self.session is not None
-                self._process(self.session.drain())
+                self._drain_all()  # its last records first: they precede its exit
                 if target.alive:
                     source = "wait" if self.child is not None else "proc"
                     self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
@@ -496,7 +508,7 @@ class Tracer:
             self._kernel_exit[st.pid] = st
             if self.targets[st.pid].alive:
                 assert self.session is not None
-                self._process(self.session.drain())  # its last records, BPF exit included
+                self._drain_all()  # its last records, BPF exit included
                 self._exited(st.pid, "taskstats", time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _exited(self, pid: int, source: str, ts_ns: int) -> None:
