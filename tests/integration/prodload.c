@@ -21,26 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static char buf[8192];
-
-static long status_kb(const char *key)
-{
-	int fd = open("/proc/self/status", O_RDONLY);
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	char *p = strstr(buf, key);
-	return p ? strtol(p + strlen(key) + 1, NULL, 10) : -1;
-}
-
-static unsigned long long now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (unsigned long long)ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
+#include "selfstatus.h"
 
 static void report(const char *what, long arg)
 {
