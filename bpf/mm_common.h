@@ -1,5 +1,5 @@
-/* Helpers shared by every vmtrace backend: reading mm_struct counters and the task's
- * user registers at offsets taken from the running kernel's BTF.
+/* Reading the kernel: mm_struct counters, the task's user registers, at offsets taken from
+ * the running kernel's BTF.
  *
  * The headers bcc compiles against may belong to another kernel (Debian's generic 6.1
  * tree on a 6.18 host), so no kernel struct is dereferenced by type here: every field is
@@ -19,12 +19,24 @@ struct mm_snap {
 
 /* Per traced process (tgid); user space (or an auto-add rule) creates it with mm == 0. */
 struct target_state {
-	u64 mm;          /* the mm these counters belong to; changes at execve */
-	u64 total_vm;    /* last values accounted for (emitted or attributed) */
+	u64 mm;            /* the mm these counters belong to; changes at exec */
+	u64 total_vm;      /* last values accounted for (sent, or kept back by --min-delta) */
 	u64 hiwater_vm;
 	u64 stack_vm;
-	u64 peak;        /* max(total_vm, hiwater_vm) ever seen for this mm */
-	u64 hwm_sent;    /* VmHWM (pages) in the last HWM record (or at first sight) */
+	u64 peak;          /* max(total_vm, hiwater_vm) ever seen for this mm */
+	u64 reported_peak; /* --min-delta: total_vm of the last peak sent */
+	u64 hwm_sent;      /* VmHWM (pages) in the last HWM record (or at first sight) */
+	u64 rss;           /* RSS and hiwater_rss at the last change, for the exit record */
+	u64 hiwater_rss;
+	/* an exec in progress: the old image's values, for the exec record */
+	u64 exec_total_vm;
+	u64 exec_hiwater_vm;
+	u64 exec_stack_vm;
+	u64 exec_peak;
+	u32 in_exec;
+	u32 folded;        /* --min-delta: rises kept back since the last peak sent */
+	u32 lost;          /* records of this process dropped for want of ring space */
+	u32 pad;
 };
 
 /* mm->rss_stat indexes (include/linux/mm_types_task.h) */
@@ -32,9 +44,25 @@ struct target_state {
 #define VMT_MM_ANONPAGES 1
 #define VMT_MM_SHMEMPAGES 3
 
+#define NR_MMAP 9
+#define NR_MUNMAP 11
+#define NR_BRK 12
+#define NR_MREMAP 25
+#define NR_SHMAT 30
+#define NR_EXECVE 59
+#define NR_SHMDT 67
+#define NR_EXECVEAT 322
+
 static __always_inline u64 vmt_read_u64(u64 addr)
 {
 	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u32 vmt_read_u32(u64 addr)
+{
+	u32 v = 0;
 	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
 	return v;
 }
@@ -71,27 +99,61 @@ static __always_inline u64 vmt_max(u64 a, u64 b)
 	return a > b ? a : b;
 }
 
-/* The user-mode registers saved at the top of the task's kernel stack (x86_64
- * task_pt_regs): the syscall number (orig_ax, -1 in a page fault) and arguments of
- * whatever the task is doing, without any syscall tracepoint. */
+/* The user-mode registers of the current task, saved at kernel entry: the syscall number
+ * (orig_ax, -1 in a page fault), its arguments, and where the user stack is. */
 static __always_inline u64 vmt_user_regs(void)
 {
+#ifdef VMT_HAVE_TASK_PT_REGS
+	return (u64)bpf_task_pt_regs(bpf_get_current_task_btf());
+#else
+	/* Before bpf_task_pt_regs (5.15): task_pt_regs() is at the top of the task's kernel
+	 * stack, THREAD_SIZE and the top padding as user space computed them. */
 	u64 stack = vmt_read_u64(bpf_get_current_task() + VMT_OFF_TASK_STACK);
 	return stack + VMT_OFF_THREAD_SIZE - VMT_OFF_STACK_TOP_PADDING - VMT_OFF_PT_REGS_SIZE;
+#endif
 }
 
-static __always_inline void vmt_fill_from_regs(struct vmt_event *e)
+struct vmt_regs {
+	s64 nr;
+	u64 args[VMT_NARGS];
+	u64 ip;
+	u64 sp;
+	u64 bp;
+	int ok;
+};
+
+/* The syscall context from a pt_regs of user registers; nr is -2 when they cannot be read. */
+static __always_inline void vmt_read_regs(u64 regs, struct vmt_regs *r)
 {
-	u64 regs = vmt_user_regs();
-	e->syscall_nr = (s32)vmt_read_u64(regs + VMT_OFF_PT_REGS_ORIG_AX);
-	e->args[0] = vmt_read_u64(regs + VMT_OFF_PT_REGS_DI);
-	e->args[1] = vmt_read_u64(regs + VMT_OFF_PT_REGS_SI);
-	e->args[2] = vmt_read_u64(regs + VMT_OFF_PT_REGS_DX);
-	e->args[3] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R10);
-	e->args[4] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R8);
-	e->args[5] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R9);
-	e->user_sp = vmt_read_u64(regs + VMT_OFF_PT_REGS_SP);
-	e->user_ip = vmt_read_u64(regs + VMT_OFF_PT_REGS_IP);
+	u64 orig_ax = 0;
+	r->ok = regs != 0 &&
+		bpf_probe_read_kernel(&orig_ax, sizeof(orig_ax),
+				      (void *)(regs + VMT_OFF_PT_REGS_ORIG_AX)) == 0;
+	if (!r->ok) {
+		r->nr = -2;
+		return;
+	}
+	r->nr = (s64)orig_ax;
+	r->args[0] = vmt_read_u64(regs + VMT_OFF_PT_REGS_DI);
+	r->args[1] = vmt_read_u64(regs + VMT_OFF_PT_REGS_SI);
+	r->args[2] = vmt_read_u64(regs + VMT_OFF_PT_REGS_DX);
+	r->args[3] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R10);
+	r->args[4] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R8);
+	r->args[5] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R9);
+	r->ip = vmt_read_u64(regs + VMT_OFF_PT_REGS_IP);
+	r->sp = vmt_read_u64(regs + VMT_OFF_PT_REGS_SP);
+	r->bp = vmt_read_u64(regs + VMT_OFF_PT_REGS_BP);
+}
+
+static __always_inline int vmt_decoded_call(s64 nr)
+{
+	return nr == NR_MMAP || nr == NR_MUNMAP || nr == NR_BRK || nr == NR_MREMAP ||
+	       nr == NR_SHMAT || nr == NR_SHMDT;
+}
+
+static __always_inline int vmt_exec_call(s64 nr)
+{
+	return nr == NR_EXECVE || nr == NR_EXECVEAT;
 }
 
 #endif

@@ -1,19 +1,28 @@
 """Decoding of the records the BPF programs send: the only module that sees ctypes.
 
-Keep aligned with bpf/vmtrace_events.h (struct vmt_event, enum vmt_kind, VMT_FLAG_*);
-tests/unit/test_abi.py checks sizes and offsets against that header.
+Keep aligned with bpf/vmtrace_events.h (struct vmt_event, struct vmt_file, struct
+vmt_user_stack, enum vmt_kind, VMT_FLAG_*); tests/unit/test_abi.py checks sizes and offsets
+against that header.
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from vmtrace.records import MappedFile
+from vmtrace.unwind.types import UserStack
+
 COMM_LEN = 16
 NARGS = 6
+PATH_DEPTH = 16
+NAME_LEN = 64
+STACK_CHUNK = 512
+MAX_STACK_BYTES = 65536
 
 
 class EventKind(enum.IntEnum):
@@ -26,14 +35,18 @@ class EventKind(enum.IntEnum):
     HWM = 7
 
 
-FLAG_NEW_PEAK = 1 << 0
 FLAG_HAS_RET = 1 << 1
-FLAG_MERGED = 1 << 2
+FLAG_HAS_AREA = 1 << 2
+FLAG_HAS_FILE = 1 << 3
+FLAG_HAS_STACK = 1 << 4
+FLAG_NO_REGS = 1 << 5
+FLAG_VITAL = 1 << 6
 
-COUNTER_EMITTED = 0
-COUNTER_LOST = 1
+COUNTER_LOST_CHANGES = 0
+COUNTER_LOST_VITAL = 1
 COUNTER_STACK_ERR = 2
 COUNTER_FILTERED = 3
+COUNTER_TARGETS_FULL = 4
 
 
 class EventStruct(ctypes.Structure):
@@ -41,6 +54,7 @@ class EventStruct(ctypes.Structure):
 
     _fields_ = [
         ("ts_ns", ctypes.c_uint64),
+        ("mm_id", ctypes.c_uint64),
         ("pid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
         ("kind", ctypes.c_uint32),
@@ -54,16 +68,44 @@ class EventStruct(ctypes.Structure):
         ("stack_vm_before", ctypes.c_uint64),
         ("stack_vm_after", ctypes.c_uint64),
         ("peak_before", ctypes.c_uint64),
-        ("user_sp", ctypes.c_uint64),
-        ("user_ip", ctypes.c_uint64),
-        ("stack_id", ctypes.c_int32),
-        ("flags", ctypes.c_uint32),
-        ("comm", ctypes.c_char * COMM_LEN),
-        ("rss_before", ctypes.c_uint64),
+        ("brk_after", ctypes.c_uint64),
+        ("area_addr", ctypes.c_uint64),
+        ("area_len", ctypes.c_uint64),
         ("rss_after", ctypes.c_uint64),
         ("hiwater_rss", ctypes.c_uint64),
+        ("hwm_before", ctypes.c_uint64),
+        ("aux", ctypes.c_uint64),
+        ("folded_rises", ctypes.c_uint32),
         ("rss_member", ctypes.c_int32),
-        ("cpu", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("lost", ctypes.c_uint32),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class FileStruct(ctypes.Structure):
+    """struct vmt_file; keep aligned with bpf/vmtrace_events.h."""
+
+    _fields_ = [
+        ("ino", ctypes.c_uint64),
+        ("dev", ctypes.c_uint32),
+        ("depth", ctypes.c_uint32),
+        ("truncated", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("names", (ctypes.c_char * NAME_LEN) * PATH_DEPTH),
+    ]
+
+
+class StackHeaderStruct(ctypes.Structure):
+    """The fixed part of struct vmt_user_stack (data[] follows); keep aligned with
+    bpf/vmtrace_events.h."""
+
+    _fields_ = [
+        ("ip", ctypes.c_uint64),
+        ("sp", ctypes.c_uint64),
+        ("bp", ctypes.c_uint64),
+        ("len", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -118,6 +160,8 @@ def comm_key(comm: str) -> bytes:
 
 
 EVENT_SIZE = ctypes.sizeof(EventStruct)
+FILE_SIZE = ctypes.sizeof(FileStruct)
+STACK_HEADER_SIZE = ctypes.sizeof(StackHeaderStruct)
 
 _STRUCT_CODES: dict[type, str] = {
     ctypes.c_uint64: "Q",
@@ -144,13 +188,34 @@ def _struct_format(cls: type[ctypes.Structure]) -> str:
 
 
 _EVENT = struct.Struct(_struct_format(EventStruct))
+_FILE_HEAD = struct.Struct("=QIII")
+_STACK_HEAD = struct.Struct(_struct_format(StackHeaderStruct))
 # The C struct has no padding; if a new field brought some, the unpacking would be wrong.
 assert _EVENT.size == EVENT_SIZE, "struct vmt_event has padding: keep fields naturally aligned"
+assert _STACK_HEAD.size == STACK_HEADER_SIZE
 _KINDS = {k.value: k for k in EventKind}
+
+# x86_64 <asm-generic/mman-common.h>, <linux/mman.h>
+_MAP_FIXED = 0x10
+_MAP_ANONYMOUS = 0x20
+_MAP_FIXED_NOREPLACE = 0x100000
+_MREMAP_FIXED = 2
+_PMD_SIZE = 2 << 20
+_NR_MMAP, _NR_BRK, _NR_MREMAP, _NR_SHMAT = 9, 12, 25, 30
 
 
 class DecodeError(ValueError):
     """A record of the wrong size: the BPF object and this module disagree."""
+
+
+@dataclass(frozen=True, slots=True)
+class Losses:
+    """What the kernel side could not send or capture, by kind."""
+
+    changes: int = 0  # grow/shrink records: the `events` ring was full
+    vital: int = 0  # peaks, latches, lifecycle records: the `vital` ring was full
+    stacks: int = 0  # user stacks that could not be read
+    targets_full: int = 0  # processes to trace that did not fit the targets map
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,58 +236,133 @@ class KernelEvent:
     stack_vm_before_pages: int
     stack_vm_after_pages: int
     peak_before_pages: int
-    user_sp: int
-    user_ip: int
-    stack_id: int
     flags: int
     comm: str
-    rss_before_pages: int = 0
+    mm_id: int = 0
     rss_after_pages: int = 0
     hiwater_rss_pages: int = 0
+    hwm_before_pages: int = 0  # HWM records: VmHWM of the previous one
     rss_member: int = -1
-    cpu: int = 0
+    aux: int = 0  # FORK: the parent; EXEC: the thread that called exec
+    folded_rises: int = 0  # --min-delta: VmPeak rises this record's peak covers
+    lost: int = 0  # EXIT: records of this process that found no room
+    file: MappedFile | None = None
+    user_stack: UserStack | None = None
 
     @property
     def has_ret(self) -> bool:
         return bool(self.flags & FLAG_HAS_RET)
 
-    @property
-    def new_peak(self) -> bool:
-        return bool(self.flags & FLAG_NEW_PEAK)
+
+def _call_result(
+    nr: int, flags: int, ret: int, args: tuple[int, ...], brk: int, area: tuple[int, int]
+) -> int | None:
+    """The call's result where the kernel side could not read it (the tracepoint backend
+    commits a change before the call returns): a new mapping's address from the free range
+    the kernel found for it, the new break from the mm."""
+    if flags & FLAG_HAS_RET:
+        return ret
+    area_addr, area_len = area
+    has_area = bool(flags & FLAG_HAS_AREA)
+
+    def placed(length: int, file_offset: int = 0) -> int:
+        if area_len == _page_up(length) + _PMD_SIZE:
+            # a huge-page-sized mapping is put where its file offset (0 when anonymous)
+            # falls on a huge-page boundary: the kernel searched for PMD_SIZE more and
+            # moved the start up (top-down layout)
+            off = (file_offset - area_addr) & (_PMD_SIZE - 1)
+            return area_addr + (off if off else _PMD_SIZE)
+        return area_addr
+
+    if nr == _NR_BRK:
+        return brk
+    if nr == _NR_MMAP:
+        if args[3] & (_MAP_FIXED | _MAP_FIXED_NOREPLACE) or not has_area:
+            return args[0]  # where it was asked to go (a free hint is taken as it is)
+        return placed(args[1], 0 if args[3] & _MAP_ANONYMOUS else args[5])
+    if nr == _NR_MREMAP:
+        if args[3] & _MREMAP_FIXED:
+            return args[4]
+        return placed(args[2]) if has_area else args[0]
+    if nr == _NR_SHMAT:
+        return area_addr if has_area else args[1]
+    if nr in (11, 67):  # munmap, shmdt
+        return 0
+    return None
+
+
+def _page_up(n: int) -> int:
+    return -(-n // 4096) * 4096
+
+
+def _decode_file(data: bytes, at: int) -> MappedFile | None:
+    ino, dev, depth, truncated = _FILE_HEAD.unpack_from(data, at)
+    if depth == 0:
+        return None
+    names = at + _FILE_HEAD.size + 4  # the pad word
+    parts = []
+    for i in range(min(depth, PATH_DEPTH) - 1, -1, -1):
+        raw = data[names + i * NAME_LEN : names + (i + 1) * NAME_LEN]
+        parts.append(raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
+    path = "/" + "/".join(parts)
+    if truncated:
+        path = ".../" + path.lstrip("/")
+    # the kernel's dev_t is major << 20 | minor; stat() gives the userspace encoding
+    return MappedFile(path=path, ino=ino, dev=os.makedev(dev >> 20, dev & 0xFFFFF))
 
 
 def decode_event(data: bytes) -> KernelEvent:
     if len(data) < EVENT_SIZE:
-        raise DecodeError(f"record of {len(data)} bytes, expected {EVENT_SIZE}")
+        raise DecodeError(f"record of {len(data)} bytes, expected at least {EVENT_SIZE}")
     v = _EVENT.unpack_from(data)
-    kind = _KINDS.get(v[3])
+    kind = _KINDS.get(v[4])
     if kind is None:
-        raise DecodeError(f"unknown record kind {v[3]}")
+        raise DecodeError(f"unknown record kind {v[4]}")
+    flags = v[29]
+    args = v[7:13]
+    file = None
+    stack = None
+    if flags & FLAG_HAS_FILE:
+        if len(data) < EVENT_SIZE + FILE_SIZE:
+            raise DecodeError(f"record of {len(data)} bytes is too short for its file part")
+        file = _decode_file(data, EVENT_SIZE)
+    if flags & FLAG_HAS_STACK:
+        at = EVENT_SIZE + FILE_SIZE
+        if len(data) < at + STACK_HEADER_SIZE:
+            raise DecodeError(f"record of {len(data)} bytes is too short for its stack part")
+        ip, sp, bp, n, _pad = _STACK_HEAD.unpack_from(data, at)
+        body = at + STACK_HEADER_SIZE
+        stack = UserStack(ip=ip, sp=sp, bp=bp, data=bytes(data[body : body + n]))
+    ret = _call_result(v[5], flags, v[6], args, v[20], (v[21], v[22]))
+    if ret is not None:
+        flags |= FLAG_HAS_RET
     return KernelEvent(
         ts_ns=v[0],
-        pid=v[1],
-        tid=v[2],
+        mm_id=v[1],
+        pid=v[2],
+        tid=v[3],
         kind=kind,
-        syscall_nr=v[4],
-        ret_raw=v[5],
-        args_raw=v[6:12],
-        total_vm_before_pages=v[12],
-        total_vm_after_pages=v[13],
-        hiwater_vm_before_pages=v[14],
-        hiwater_vm_after_pages=v[15],
-        stack_vm_before_pages=v[16],
-        stack_vm_after_pages=v[17],
-        peak_before_pages=v[18],
-        user_sp=v[19],
-        user_ip=v[20],
-        stack_id=v[21],
-        flags=v[22],
-        comm=v[23].split(b"\0", 1)[0].decode("utf-8", "replace"),
-        rss_before_pages=v[24],
-        rss_after_pages=v[25],
-        hiwater_rss_pages=v[26],
-        rss_member=v[27],
-        cpu=v[28],
+        syscall_nr=v[5],
+        ret_raw=v[6] if ret is None else ret,
+        args_raw=args,
+        total_vm_before_pages=v[13],
+        total_vm_after_pages=v[14],
+        hiwater_vm_before_pages=v[15],
+        hiwater_vm_after_pages=v[16],
+        stack_vm_before_pages=v[17],
+        stack_vm_after_pages=v[18],
+        peak_before_pages=v[19],
+        rss_after_pages=v[23],
+        hiwater_rss_pages=v[24],
+        hwm_before_pages=v[25],
+        aux=v[26],
+        folded_rises=v[27],
+        rss_member=v[28],
+        flags=flags,
+        lost=v[30],
+        comm=v[31].split(b"\0", 1)[0].decode("utf-8", "replace"),
+        file=file,
+        user_stack=stack,
     )
 
 

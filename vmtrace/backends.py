@@ -22,7 +22,20 @@ from vmtrace.kernel.probesites import (
     resolve_kprobe_sites,
 )
 from vmtrace.kernel.tracefs import missing_tracepoints
-from vmtrace.session import BACKENDS, OPTIONAL_TRACEPOINTS, SYSCALL_TRACEPOINTS, TRACEPOINTS
+from vmtrace.session import BACKENDS, LIFECYCLE_TRACEPOINTS, LOCK_TRACEPOINTS
+
+# bpf_task_pt_regs() came with 5.15; before it the registers are found from the layout of
+# the task's kernel stack.
+TASK_PT_REGS_SINCE = (5, 15)
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as 6.1.0-56-amd64."""
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1].split("-")[0] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
 
 CHOICES = ("auto", *BACKENDS)
 
@@ -47,13 +60,15 @@ class KernelSurvey:
     kallsyms_path: str = "/proc/kallsyms"
     _btf: Btf | None = field(default=None, repr=False)
 
-    @cached_property
-    def missing_tracepoints(self) -> list[str]:
-        return missing_tracepoints(self.tracefs, TRACEPOINTS)
+    release: str = field(default_factory=lambda: os.uname().release)
 
     @cached_property
-    def have_exit_mmap(self) -> bool:
-        return not missing_tracepoints(self.tracefs, OPTIONAL_TRACEPOINTS)
+    def missing_tracepoints(self) -> list[str]:
+        return missing_tracepoints(self.tracefs, LIFECYCLE_TRACEPOINTS + LOCK_TRACEPOINTS)
+
+    @property
+    def have_task_pt_regs(self) -> bool:
+        return kernel_version(self.release) >= TASK_PT_REGS_SINCE
 
     @cached_property
     def kprobes(self) -> bool:
@@ -83,15 +98,17 @@ class KernelSurvey:
         return self._btf
 
     def candidate(self, name: str) -> Candidate:
-        missing_syscalls = [t for t in self.missing_tracepoints if t in SYSCALL_TRACEPOINTS]
-        if missing_syscalls:
-            return Candidate(name, reason=f"missing tracepoints {', '.join(missing_syscalls)}")
+        missing_lifecycle = [t for t in self.missing_tracepoints if t in LIFECYCLE_TRACEPOINTS]
+        if missing_lifecycle:
+            return Candidate(name, reason=f"missing tracepoints {', '.join(missing_lifecycle)}")
         if name == "tracepoint":
-            if self.missing_tracepoints:
+            missing_lock = [t for t in self.missing_tracepoints if t in LOCK_TRACEPOINTS]
+            if missing_lock:
                 return Candidate(
-                    name,
-                    reason=f"missing tracepoint {', '.join(self.missing_tracepoints)} (5.15+)",
+                    name, reason=f"missing tracepoint {', '.join(missing_lock)} (5.15+)"
                 )
+            if not self.have_task_pt_regs:
+                return Candidate(name, reason="no bpf_task_pt_regs helper (5.15+)")
             return Candidate(name)
         if name == "kprobe":
             if not self.kprobes:

@@ -39,6 +39,7 @@ class _Process:
     disagreed_last_sample: bool = False
     vm_hwm_kb: int = 0
     hwm_set_by: Explained | None = None
+    mm_id: int = 0  # the image being followed (0: not known yet)
 
 
 class PeakEngine:
@@ -75,6 +76,7 @@ class PeakEngine:
                 p.hwm_set_by = explained
             return explained
         if kind == "exec":
+            p.mm_id = change.mm_id
             before = p.vm_peak_kb
             p.vm_peak_kb = now
             p.contributions.clear()
@@ -93,20 +95,15 @@ class PeakEngine:
         # without it (a baseline) does the engine's own running maximum decide.
         before = change.kernel_peak_kb_before or p.vm_peak_kb
         after = max(before, now)
+        if kind == "baseline" and change.mm_id:
+            p.mm_id = change.mm_id
+        elif change.mm_id and p.mm_id and change.mm_id != p.mm_id:
+            # read after the exec that replaced its image: it says nothing of this one
+            return Explained(_classify(change, before, after), change, before, after)
         p.vm_hwm_kb = max(p.vm_hwm_kb, change.hwm_kb)
         is_highest = after >= p.vm_peak_kb
         p.vm_peak_kb = max(p.vm_peak_kb, after)
-        rtype: RecordType
-        if kind in ("baseline", "exit"):
-            rtype = kind
-        elif after > before:
-            rtype = "peak"
-        elif change.hiwater_vm_kb_after != change.hiwater_vm_kb_before:
-            rtype = "latch"
-        elif change.delta_kb >= 0:
-            rtype = "grow"
-        else:
-            rtype = "shrink"
+        rtype = _classify(change, before, after)
         explained = Explained(rtype, change, before, after)
         if rtype == "peak":
             p.peaks += 1
@@ -172,3 +169,16 @@ class PeakEngine:
                 )
             )
         return out
+
+
+def _classify(change: Change, before: int, after: int) -> RecordType:
+    """What a change is for VmPeak, given VmPeak before it and after it."""
+    if change.kind in ("baseline", "exit"):
+        return change.kind
+    if after > before:
+        return "peak"
+    if change.hiwater_vm_kb_after != change.hiwater_vm_kb_before:
+        return "latch"
+    if change.delta_kb >= 0:
+        return "grow"
+    return "shrink"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vmtrace.abi import EventKind, KernelEvent
+from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
 from vmtrace.records import Change, ChangeKind, Mapping
 from vmtrace.shadow import ShadowMap
 from vmtrace.syscalls import (
@@ -24,11 +24,7 @@ from vmtrace.syscalls import (
     syscall_name,
 )
 
-# (pid, fd, start, end) -> the path of the file an mmap mapped, if it can still be known
-FileNamer = Callable[[int, int, int, int], str | None]
 MapsReader = Callable[[int], list[Mapping]]
-# (pid, stack_id) -> [(address, symbol or None)], innermost first
-Symbolizer = Callable[[int, int], list[tuple[int, str | None]]]
 
 _KINDS: dict[EventKind, ChangeKind] = {
     EventKind.SYSCALL: "change",
@@ -46,15 +42,11 @@ class Enricher:
     def __init__(
         self,
         page_size: int,
-        name_file: FileNamer,
         read_maps: MapsReader,
-        symbolize: Symbolizer | None = None,
     ) -> None:
         self._page = page_size
         self._kb_per_page = page_size // 1024
-        self._name_file = name_file
         self._read_maps = read_maps
-        self._symbolize = symbolize
         self._shadows: dict[int, ShadowMap] = {}
 
     def attach(self, pid: int, mappings: list[Mapping]) -> None:
@@ -91,11 +83,13 @@ class Enricher:
         elif ev.kind is EventKind.EXIT:
             cause = "exit"
         elif ev.kind is EventKind.EXEC:
-            cause = "execve"
+            cause = name if name in ("execve", "execveat") else "execve"
             self.attach(ev.pid, self._read_maps(ev.pid))
         elif ev.kind is EventKind.OTHER and stack_grew and delta_bytes > 0:
             cause = "stack-growth"
             mapping = self._grow_stack(shadow, ev, delta_bytes)
+        elif ev.kind is EventKind.OTHER and ev.flags & FLAG_NO_REGS:
+            cause = "unknown"  # the task's user registers could not be read
         elif ev.kind is EventKind.OTHER:
             cause = "fault" if name is None else f"syscall:{name}"
         else:
@@ -124,33 +118,22 @@ class Enricher:
             stack=self._stack(ev),
             rss_kb=ev.rss_after_pages * kp,
             hwm_kb=max(ev.rss_after_pages, ev.hiwater_rss_pages) * kp,
-            hwm_kb_before=ev.rss_before_pages * kp if ev.kind is EventKind.HWM else 0,
+            hwm_kb_before=ev.hwm_before_pages * kp if ev.kind is EventKind.HWM else 0,
             rss_member=_RSS_MEMBERS.get(ev.rss_member) if ev.kind is EventKind.HWM else None,
-            parent_pid=ev.args_raw[0] if ev.kind is EventKind.FORK else None,
+            parent_pid=ev.aux if ev.kind is EventKind.FORK else None,
+            exec_tid=ev.aux if ev.kind is EventKind.EXEC else None,
+            mm_id=ev.mm_id,
+            folded_rises=ev.folded_rises,
         )
 
     def _stack(self, ev: KernelEvent) -> tuple[str, ...] | None:
-        if ev.stack_id < 0 or self._symbolize is None:
-            return None
-        shadow = self.shadow(ev.pid)
-        frames = []
-        for addr, sym in self._symbolize(ev.pid, ev.stack_id):
-            if sym is not None:
-                frames.append(sym)
-                continue
-            # No symbols (the process is gone, or stripped): say where the code was mapped
-            # from, which a later `addr2line -e FILE OFFSET` can resolve.
-            m = shadow.find(addr)
-            if m is not None and m.path.startswith("/"):
-                frames.append(f"0x{addr:x} ({m.path}+0x{m.offset + addr - m.start:x})")
-            else:
-                frames.append(f"0x{addr:x}")
-        return tuple(frames)
+        return None
 
     def _grow_stack(self, shadow: ShadowMap, ev: KernelEvent, delta: int) -> Mapping:
         stack = shadow.by_path("[stack]")
         if stack is None:
-            lo = ev.user_sp & ~(self._page - 1)
+            sp = ev.user_stack.sp if ev.user_stack is not None else 0
+            lo = sp & ~(self._page - 1)
             grown = Mapping(lo, lo + delta, "rw-p", "[stack]")
         else:
             grown = Mapping(stack.start - delta, stack.end, stack.perms, "[stack]")
@@ -168,7 +151,7 @@ class Enricher:
             if flags & MAP_ANONYMOUS or fd < 0:
                 path = "[anon]"
             else:
-                path = self._name_file(ev.pid, fd, ret, end) or f"[fd {fd}]"
+                path = ev.file.path if ev.file is not None else "[file]"
             perms = prot_letters(prot) + ("s" if flags & MAP_SHARED else "p")
             m = Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
             shadow.insert(m)

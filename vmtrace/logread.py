@@ -329,7 +329,7 @@ def change_from_record(rec: MappingABC[str, Any]) -> Change:
 
 _KINDS: dict[str, str] = {"exec": "exec", "baseline": "baseline", "fork": "fork", "hwm": "hwm"}
 # Fields of newer Change versions, filled only where records.Change has them.
-_EXTRA = ("rss_kb", "hwm_kb", "hwm_kb_before", "rss_member", "parent_pid")
+_EXTRA = ("rss_kb", "hwm_kb", "hwm_kb_before", "rss_member", "parent_pid", "exec_tid")
 _CHANGE_FIELDS = frozenset(f.name for f in dataclasses.fields(Change))
 
 
@@ -360,6 +360,14 @@ def _change(rec: MappingABC[str, Any]) -> Change:
     extra: dict[str, Any] = {
         k: rec[k] for k in _EXTRA if k in _CHANGE_FIELDS and rec.get(k) is not None
     }
+    mm_id = rec.get("mm_id")
+    if isinstance(mm_id, str):
+        try:
+            extra["mm_id"] = int(mm_id, 16)
+        except ValueError:
+            raise _Bad(f"field 'mm_id' is not a hex number ({_show(mm_id)})") from None
+    if isinstance(rec.get("rises_covered"), int):
+        extra["folded_rises"] = rec["rises_covered"]
     return dataclasses.replace(change, **extra) if extra else change
 
 

@@ -29,6 +29,15 @@ class Mapping:
 
 
 @dataclass(frozen=True, slots=True)
+class MappedFile:
+    """A mapped file as the kernel named it at the change."""
+
+    path: str  # absolute, from the root of the mount tree
+    ino: int
+    dev: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProcStatus:
     """The Vm* lines of /proc/PID/status, in kB."""
 
@@ -65,6 +74,9 @@ class Change:
     hwm_kb_before: int = 0
     rss_member: str | None = None  # hwm: which counter grew (file, anon, shmem)
     parent_pid: int | None = None  # fork: the traced parent
+    exec_tid: int | None = None  # exec: the thread that called it (now the leader)
+    mm_id: int = 0  # the address space: records of an earlier image have another one
+    folded_rises: int = 0  # --min-delta: smaller VmPeak rises this peak covers
 
     @property
     def delta_kb(self) -> int:

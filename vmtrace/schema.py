@@ -146,11 +146,16 @@ def explained_record(e: Explained, clock: WallClock) -> Record:
         stack=list(c.stack) if c.stack is not None else None,
         rss_kb=c.rss_kb,
         hwm_kb=c.hwm_kb,
+        mm_id=hex(c.mm_id) if c.mm_id else None,
     )
+    if e.type == "peak" and c.folded_rises:
+        rec["rises_covered"] = c.folded_rises
     if e.type == "hwm":
         rec.update(hwm_kb_before=c.hwm_kb_before, rss_member=c.rss_member)
     elif e.type == "fork":
         rec.update(parent_pid=c.parent_pid)
+    elif e.type == "exec":
+        rec.update(exec_tid=c.exec_tid)
     return rec
 
 
@@ -192,10 +197,12 @@ def hwm_reset_record(
 
 
 def lost_record(
-    clock: WallClock, ts_ns: int, count: int, total: int, per_cpu: list[int] | None = None
+    clock: WallClock, ts_ns: int, count: int, total: int, by_kind: dict[str, int] | None = None
 ) -> Record:
+    """`by_kind`: totals so far of grow/shrink (`changes`) and peak/latch/lifecycle
+    (`vital`) records dropped, stacks not read, processes the targets map had no room for."""
     rec = _common("lost", clock, ts_ns)
-    rec.update(count=count, total=total, per_cpu=per_cpu or [])
+    rec.update(count=count, total=total, by_kind=by_kind or {})
     return rec
 
 
@@ -284,7 +291,7 @@ def end_record(
     events: int,
     lost: int,
     summaries: list[ProcessSummary],
-    lost_per_cpu: list[int] | None = None,
+    lost_by_kind: dict[str, int] | None = None,
     filtered: int = 0,
 ) -> Record:
     rec = _common("end", clock, ts_ns)
@@ -292,7 +299,7 @@ def end_record(
         reason=reason,
         events=events,
         lost=lost,
-        lost_per_cpu=lost_per_cpu or [],
+        lost_by_kind=lost_by_kind or {},
         filtered=filtered,
         summary=[summary_dict(s, clock) for s in summaries],
     )

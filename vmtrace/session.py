@@ -19,10 +19,15 @@ from typing import Any
 
 from vmtrace.abi import (
     COUNTER_FILTERED,
-    COUNTER_LOST,
+    COUNTER_LOST_CHANGES,
+    COUNTER_LOST_VITAL,
     COUNTER_STACK_ERR,
+    COUNTER_TARGETS_FULL,
+    MAX_STACK_BYTES,
+    STACK_CHUNK,
     DecodeError,
     KernelEvent,
+    Losses,
     TraceConfig,
     comm_key,
     decode_event,
@@ -33,21 +38,28 @@ from vmtrace.kernel.probesites import MAX_FENTRY_WRITERS, ProbePlan
 
 BPF_DIR = Path(os.environ.get("VMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
 
-BACKENDS = ("fentry", "kprobe", "tracepoint")  # best first: what `--backend auto` tries
+BACKENDS = ("tracepoint", "fentry", "kprobe")  # best first: what `--backend auto` tries
 
-# Tracepoints every backend attaches (the syscall context), and the tracepoint backend's
-# own; mmap:exit_mmap is optional (6.1+).
-SYSCALL_TRACEPOINTS = tuple(
-    f"syscalls:sys_{d}_{s}"
-    for s in ("mmap", "munmap", "brk", "mremap", "shmat", "shmdt", "execve")
-    for d in ("enter", "exit")
+# Raw tracepoints every backend attaches (exec, exit, --follow's forks), and the tracepoint
+# backend's own. No syscalls:* tracepoint: enabling one puts every syscall of every task on
+# the host on the slow path.
+LIFECYCLE_TRACEPOINTS = (
+    "sched:sched_process_exec",
+    "sched:sched_process_exit",
+    "sched:sched_process_fork",
 )
-TRACEPOINTS = ("mmap_lock:mmap_lock_released", *SYSCALL_TRACEPOINTS)
-OPTIONAL_TRACEPOINTS = ("mmap:exit_mmap",)
+LOCK_TRACEPOINTS = (
+    "mmap_lock:mmap_lock_acquire_returned",
+    "mmap_lock:mmap_lock_released",
+    "mmap:vm_unmapped_area",
+)
 
-# Records that fit the ring buffer before the kernel drops them: at ~5 µs a record for the
-# Python reader, 16 MiB (~95k records) absorbs a storm of several hundred ms.
+# Grow/shrink records that fit the ring before the kernel drops them: 16 MiB (~60k records)
+# absorbs a storm of several hundred ms. The vital ring holds peaks, latches and lifecycle
+# records with their user stacks (~17 KiB each with the default stack size).
 DEFAULT_RING_PAGES = 4096
+DEFAULT_VITAL_PAGES = 4096
+DEFAULT_STACK_BYTES = 16384
 WAKEUP_EVERY = 512
 MAX_BATCH = 20_000  # records handed over per poll (~5 MB of Python objects)
 
@@ -59,8 +71,8 @@ def load_source(name: str, bpf_dir: Path = BPF_DIR, _seen: frozenset[str] = froz
     """A backend's C source with our own quoted includes inlined.
 
     bcc generates the argument structs of TRACEPOINT_PROBE, and rewrites map calls, only in
-    its main file; the syscall tracepoints shared by every backend live in trace_core.h, so
-    the headers are pasted in (with #line markers, so compiler errors name the real file).
+    its main file; the probes shared by every backend live in headers, so they are pasted in
+    (with #line markers, so compiler errors name the real file).
     """
     path = bpf_dir / name
     if name in _seen:
@@ -123,6 +135,10 @@ def _last_error_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _ts(ev: KernelEvent) -> int:
+    return ev.ts_ns
+
+
 class BccSession:
     """One backend's programs, compiled and attached; `backend` is tracepoint, kprobe or
     fentry (bpf/<backend>.c)."""
@@ -132,11 +148,12 @@ class BccSession:
         backend: str,
         offsets: KernelOffsets,
         kernel_source: str | None,
-        have_exit_mmap: bool,
+        have_task_pt_regs: bool,
         plan: ProbePlan | None = None,
         ring_pages: int = DEFAULT_RING_PAGES,
         config: TraceConfig | None = None,
         max_targets: int = 1024,
+        stack_bytes: int = DEFAULT_STACK_BYTES,
     ) -> None:
         if backend not in BACKENDS:
             raise ProbeError(f"failed to build backend {backend}: unknown backend")
@@ -146,8 +163,14 @@ class BccSession:
         self.plan = plan
         self._offsets = offsets
         self._kernel_source = kernel_source
-        self._have_exit_mmap = have_exit_mmap
+        self._have_task_pt_regs = have_task_pt_regs
         self._ring_pages = ring_pages
+        if stack_bytes <= 0 or stack_bytes % STACK_CHUNK or stack_bytes > MAX_STACK_BYTES:
+            raise ProbeError(
+                f"failed to build the {backend} backend: a stack snapshot of {stack_bytes} bytes "
+                f"(fix: a multiple of {STACK_CHUNK} up to {MAX_STACK_BYTES})"
+            )
+        self._stack_bytes = stack_bytes
         self.config = config or TraceConfig()
         self._max_targets = max_targets
         self._bpf: Any = None
@@ -159,20 +182,27 @@ class BccSession:
         cflags = [
             *self._offsets.cflags(),
             f"-DVMT_RINGBUF_PAGES={self._ring_pages}",
+            f"-DVMT_VITAL_PAGES={DEFAULT_VITAL_PAGES}",
+            f"-DVMT_STACK_BYTES={self._stack_bytes}",
             f"-DVMT_WAKEUP_EVERY={WAKEUP_EVERY}",
             f"-DVMT_MAX_TARGETS={int(self._max_targets)}",
             "-Wno-macro-redefined",
         ]
         if self.config.hwm_step_pages:
             cflags.append("-DVMT_TRACE_RSS=1")
-        if self._have_exit_mmap:
-            cflags.append("-DVMT_HAVE_EXIT_MMAP=1")
+        if self._have_task_pt_regs:
+            cflags.append("-DVMT_HAVE_TASK_PT_REGS=1")
+        if self.config.cgroup_id:
+            # only then: kernels before 5.11 refuse the helper it needs in tracing programs
+            cflags.append("-DVMT_CGROUP_FILTER=1")
         if self.backend == "fentry" and self.plan is not None:
             # Names come from probesites' fixed tables, checked against BTF: identifiers only.
             for i, name in enumerate(self.plan.after_write[:MAX_FENTRY_WRITERS]):
                 cflags.append(f"-DVMT_FEXIT_{i}={_identifier(name)}")
             if self.plan.before_unmap:
                 cflags.append(f"-DVMT_FENTRY_UNMAP={_identifier(self.plan.before_unmap[0])}")
+            for i, name in enumerate(self.plan.calls):
+                cflags.append(f"-DVMT_CALL_{i}={_identifier(name)}")
         return cflags
 
     def open(self, quiet: bool = True) -> None:
@@ -203,6 +233,7 @@ class BccSession:
                 detail = f"{gist} ({detail})"
             self.close()
             raise ProbeError(f"failed to load the {self.backend} backend: {detail}") from None
+        self._bpf["vital"].open_ring_buffer(self._on_record)
         self._bpf["events"].open_ring_buffer(self._on_record)
 
     def _configure(self) -> None:
@@ -219,8 +250,9 @@ class BccSession:
             self._bpf.attach_kretprobe(event=sym, fn_name="vmt_after_write")
         for sym in self.plan.before_unmap:
             self._bpf.attach_kprobe(event=sym, fn_name="vmt_before_unmap")
-        if not self._have_exit_mmap and self.plan.exit_mmap:
-            self._bpf.attach_kprobe(event=self.plan.exit_mmap, fn_name="vmt_exit_mmap")
+        for sym in self.plan.calls:
+            self._bpf.attach_kprobe(event=sym, fn_name="vmt_call_entry")
+            self._bpf.attach_kretprobe(event=sym, fn_name="vmt_call_exit")
 
     def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
         try:
@@ -242,13 +274,6 @@ class BccSession:
         can then drain the ring to the end instead of racing a flood."""
         self.config = dataclasses.replace(self.config, stopped=True)
         self._bpf["config"][ctypes.c_int(0)] = self.config.encode()
-
-    def forget_symbols(self, pid: int) -> None:
-        """Drop bcc's symbol cache of an exited process: it lives in a class-level dict that
-        would otherwise grow with every process traced (--all, --follow, long runs)."""
-        caches = getattr(type(self._bpf), "_sym_caches", None) if self._bpf is not None else None
-        if isinstance(caches, dict):
-            caches.pop(pid, None)
 
     def reset_hwm(self, pid: int, hwm_pages: int) -> None:
         """VmHWM went down (clear_refs, or reclaim before any latch): HWM records restart
@@ -274,6 +299,9 @@ class BccSession:
     def drain(self) -> list[KernelEvent]:
         self._bpf.ring_buffer_consume()
         batch, self._batch = self._batch, []
+        # the two rings are read one after the other: in time order again (stable, and
+        # bpf_ktime_get_ns is one clock for every CPU)
+        batch.sort(key=_ts)
         return batch
 
     def _counter(self, idx: int) -> int:
@@ -281,10 +309,16 @@ class BccSession:
         return sum(int(v) for v in values)
 
     def lost(self) -> int:
-        return self._counter(COUNTER_LOST)
+        """Records the rings had no room for, of every kind."""
+        return self._counter(COUNTER_LOST_CHANGES) + self._counter(COUNTER_LOST_VITAL)
 
-    def lost_per_cpu(self) -> list[int]:
-        return [int(v) for v in self._bpf["counters"][ctypes.c_int(COUNTER_LOST)]]
+    def losses(self) -> Losses:
+        return Losses(
+            changes=self._counter(COUNTER_LOST_CHANGES),
+            vital=self._counter(COUNTER_LOST_VITAL),
+            stacks=self._counter(COUNTER_STACK_ERR),
+            targets_full=self._counter(COUNTER_TARGETS_FULL),
+        )
 
     def filtered(self) -> int:
         return self._counter(COUNTER_FILTERED)
@@ -296,24 +330,6 @@ class BccSession:
         except KeyError:
             return None
         return int(st.peak) if st.mm else None
-
-    def target_pids(self) -> list[int]:
-        return [int(k.value) for k in self._bpf["targets"]]
-
-    def stack_errors(self) -> int:
-        return self._counter(COUNTER_STACK_ERR)
-
-    def symbolize(self, pid: int, stack_id: int) -> list[tuple[int, str | None]]:
-        """The user stack `stack_id` as (address, "func+0x12 [module]" or None)."""
-        frames: list[tuple[int, str | None]] = []
-        try:
-            for addr in self._bpf["stacks"].walk(stack_id):
-                sym = self._bpf.sym(addr, pid, show_module=True, show_offset=True)
-                name = sym.decode("utf-8", "replace") if isinstance(sym, bytes) else str(sym)
-                frames.append((addr, None if name.startswith("[unknown]") else name))
-        except KeyError:
-            return []
-        return frames
 
     def close(self) -> None:
         """Detach every probe and close every fd, whatever fails on the way: detaching

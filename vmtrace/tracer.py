@@ -139,7 +139,7 @@ class Tracer:
                 c.name,
                 offsets,
                 headers.kernel_source,
-                survey.have_exit_mmap,
+                survey.have_task_pt_regs,
                 c.plan,
                 config=config,
                 max_targets=max_targets,
@@ -213,9 +213,7 @@ class Tracer:
         session: BccSession | None = None
         try:
             session = self.session = self._open_backend()
-            self.enricher = Enricher(
-                os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, session.symbolize
-            )
+            self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps)
             for info in infos:
                 session.add_target(info.pid)
             self._open_taskstats()
@@ -470,9 +468,9 @@ class Tracer:
         total = self.session.lost()
         if total > self.lost_reported:
             now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            per_cpu = self.session.lost_per_cpu()
+            by_kind = dataclasses.asdict(self.session.losses())
             self._emit(
-                schema.lost_record(self.clock, now, total - self.lost_reported, total, per_cpu)
+                schema.lost_record(self.clock, now, total - self.lost_reported, total, by_kind)
             )
             self.lost_reported = total
 
@@ -547,7 +545,6 @@ class Tracer:
         )
         if self.session is not None:
             self.session.remove_target(pid)
-            self.session.forget_symbols(pid)
         if self.enricher is not None:
             self.enricher.forget(pid)
 
@@ -576,7 +573,7 @@ class Tracer:
                 self.events,
                 self.lost_reported,
                 self.engine.summary(),
-                lost_per_cpu=self.session.lost_per_cpu(),
+                lost_by_kind=dataclasses.asdict(self.session.losses()),
                 filtered=self.session.filtered(),
             )
         )
@@ -603,12 +600,6 @@ class Tracer:
         if self.output_error is None:
             self.output_error = error
             self.log(f"{error}; stopping the trace (what was written is kept)")
-
-
-def _name_file(pid: int, fd: int, start: int, end: int) -> str | None:
-    # The mapping itself first: by the time the record is read the fd may be closed (ld.so
-    # closes right after mapping) or even reused for another file; the fd is the fallback.
-    return procfs.read_mapped_file(pid, start, end) or procfs.read_fd_path(pid, fd)
 
 
 def default_log(msg: str) -> None:

@@ -151,6 +151,43 @@ def wait_for_start(log: Path, vmt: VmtraceProc, timeout: float = START_TIMEOUT_S
         time.sleep(0.05)
 
 
+def run_traced(
+    workdir: Path, *args: str, command: list[str]
+) -> tuple[list[Record], list[dict[str, Any]], str]:
+    """`vmtrace run ARGS -o LOG -- COMMAND`; the log, the workload's reports, vmtrace's stdout."""
+    log = workdir / "log.jsonl"
+    reports = workdir / "reports.jsonl"
+    with reports.open("wb") as out:
+        vmt = start_vmtrace(["run", *args, "-o", str(log), "--", *command], workdir)
+        rc = vmt.proc.wait(timeout=RUN_TIMEOUT_S)
+    assert rc == 0, f"vmtrace run exited {rc}\n{tail(vmt.stderr())}"
+    # The workload's stdout went to vmtrace's stdout file (vmtrace run passes it through).
+    lines = [ln for ln in vmt.stdout().splitlines() if ln.startswith('{"what"')]
+    out.close()
+    return read_jsonl(log), [json.loads(ln) for ln in lines], vmt.stdout()
+
+
+def of(records: list[Record], rtype: str, pid: int | None = None) -> list[Record]:
+    return [r for r in records if r["type"] == rtype and (pid is None or r["pid"] == pid)]
+
+
+def max_peak(records: list[Record], pid: int) -> int:
+    return max((r["vm_peak_kb"] or 0) for r in records if r["pid"] == pid)
+
+
+def build_c(src: Path, out_dir: Path, *flags: str) -> Path:
+    """A test workload built from SRC (gcc, -O0 unless FLAGS say otherwise)."""
+    gcc = shutil.which("gcc")
+    require(gcc is not None, f"gcc is needed to build {src.name}")
+    assert gcc is not None
+    out = out_dir / src.stem
+    res = subprocess.run(
+        [gcc, "-O0", "-Wall", *flags, "-o", str(out), str(src)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    return out
+
+
 @pytest.fixture(scope="session")
 def bpf_ready() -> None:
     """Skip (or fail under VMTRACE_REQUIRE_BPF=1) when BPF tracing cannot work here."""

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import REPO_ROOT, doctor_report, vmtrace_cmd, vmtrace_env
+from vmtrace.session import BACKENDS
 
 pytestmark = pytest.mark.bpf
 
-ALL = ("fentry", "kprobe", "tracepoint")
+ALL = BACKENDS  # best first
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

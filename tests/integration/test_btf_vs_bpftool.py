@@ -92,6 +92,34 @@ def _bits_of(types: dict[int, RawType], tid: int, member: str) -> int | None:
     return None
 
 
+def _find(types: dict[int, RawType], tid: int, member: str) -> tuple[int, int] | None:
+    """(bit offset, type id) of `member`, looking into anonymous members too."""
+    for name, m_type, bits, bitfield in types[tid].members:
+        if name == member:
+            assert bitfield == 0, f"{member} is a bitfield"
+            return bits, m_type
+    for name, m_type, bits, _ in types[tid].members:
+        if name == "(anon)":
+            inner = _strip(types, m_type)
+            if types[inner].kind in ("STRUCT", "UNION"):
+                found = _find(types, inner, member)
+                if found is not None:
+                    return bits + found[0], found[1]
+    return None
+
+
+def _dotted_bits(types: dict[int, RawType], tid: int, path: str) -> int | None:
+    """Bit offset of a dotted member path (f_path.dentry): nested structs, not pointers."""
+    total = 0
+    for part in path.split("."):
+        found = _find(types, tid, part)
+        if found is None:
+            return None
+        total += found[0]
+        tid = _strip(types, found[1])
+    return total
+
+
 def _struct(types: dict[int, RawType], name: str) -> int:
     ids = [t for t, r in types.items() if r.kind == "STRUCT" and r.name == name]
     assert ids, f"bpftool shows no struct {name}"
@@ -116,6 +144,28 @@ EXPECTED_MEMBERS = {
     "pt_regs_r9": ("pt_regs", "r9"),
     "pt_regs_sp": ("pt_regs", "sp"),
     "pt_regs_ip": ("pt_regs", "ip"),
+    "pt_regs_bp": ("pt_regs", "bp"),
+    "mm_brk": ("mm_struct", "brk"),
+    "mm_exe_file": ("mm_struct", "exe_file"),
+    "binprm_filename": ("linux_binprm", "filename"),
+    "task_files": ("task_struct", "files"),
+    "task_signal": ("task_struct", "signal"),
+    "signal_live": ("signal_struct", "live"),
+    "files_fdt": ("files_struct", "fdt"),
+    "fdtable_fd": ("fdtable", "fd"),
+    "fdtable_max_fds": ("fdtable", "max_fds"),
+    "file_dentry": ("file", "f_path.dentry"),
+    "file_mnt": ("file", "f_path.mnt"),
+    "file_inode": ("file", "f_inode"),
+    "dentry_name": ("dentry", "d_name.name"),
+    "dentry_parent": ("dentry", "d_parent"),
+    "inode_ino": ("inode", "i_ino"),
+    "inode_sb": ("inode", "i_sb"),
+    "sb_dev": ("super_block", "s_dev"),
+    "mount_mnt": ("mount", "mnt"),
+    "mount_parent": ("mount", "mnt_parent"),
+    "mount_mountpoint": ("mount", "mnt_mountpoint"),
+    "vfsmount_root": ("vfsmount", "mnt_root"),
 }
 
 
@@ -127,7 +177,7 @@ def test_every_btf_offset_matches_bpftool(raw_types: dict[int, RawType]) -> None
     _require_x86_64()
     offsets = read_offsets()
     for field, (struct_name, member) in EXPECTED_MEMBERS.items():
-        bits = _bits_of(raw_types, _struct(raw_types, struct_name), member)
+        bits = _dotted_bits(raw_types, _struct(raw_types, struct_name), member)
         assert bits is not None, f"bpftool shows no {struct_name}.{member}"
         assert bits % 8 == 0
         assert getattr(offsets, field) == bits // 8, f"{field} ({struct_name}.{member})"

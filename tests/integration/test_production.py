@@ -23,7 +23,10 @@ from tests.integration._require import require
 from tests.integration.conftest import (
     RUN_TIMEOUT_S,
     Record,
+    max_peak,
+    of,
     read_jsonl,
+    run_traced,
     start_vmtrace,
     tail,
     wait_for_start,
@@ -45,30 +48,6 @@ def prodload(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert res.returncode == 0, res.stderr
     return out
-
-
-def run_traced(
-    workdir: Path, *args: str, command: list[str]
-) -> tuple[list[Record], list[dict[str, Any]], str]:
-    """`vmtrace run ARGS -o LOG -- COMMAND`; the log, the workload's reports, vmtrace's stdout."""
-    log = workdir / "log.jsonl"
-    reports = workdir / "reports.jsonl"
-    with reports.open("wb") as out:
-        vmt = start_vmtrace(["run", *args, "-o", str(log), "--", *command], workdir)
-        rc = vmt.proc.wait(timeout=RUN_TIMEOUT_S)
-    assert rc == 0, f"vmtrace run exited {rc}\n{tail(vmt.stderr())}"
-    # The workload's stdout went to vmtrace's stdout file (vmtrace run passes it through).
-    lines = [ln for ln in vmt.stdout().splitlines() if ln.startswith('{"what"')]
-    out.close()
-    return read_jsonl(log), [json.loads(ln) for ln in lines], vmt.stdout()
-
-
-def of(records: list[Record], rtype: str, pid: int | None = None) -> list[Record]:
-    return [r for r in records if r["type"] == rtype and (pid is None or r["pid"] == pid)]
-
-
-def max_peak(records: list[Record], pid: int) -> int:
-    return max((r["vm_peak_kb"] or 0) for r in records if r["pid"] == pid)
 
 
 # ---- --follow ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ then compared field by field with ctypes' layout of abi.EventStruct.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from vmtrace import abi
+from vmtrace.records import MappedFile
+from vmtrace.unwind import UserStack
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "vmtrace_events.h"
 
@@ -78,10 +81,13 @@ def parse_struct(text: str, name: str) -> list[CField]:
         decl = " ".join(decl.split())
         if not decl:
             continue
-        mt = re.fullmatch(r"(__[us]\d+|char)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?", decl)
+        mt = re.fullmatch(
+            r"(__[us]\d+|char)\s+(\w+)\s*(?:\[\s*(\w+)\s*\])?\s*(?:\[\s*(\w+)\s*\])?", decl
+        )
         assert mt, f"unparsed declaration in struct {name}: {decl!r}"
-        ctype, fname, dim = mt.groups()
+        ctype, fname, dim, dim2 = mt.groups()
         count = _int_define(defs, dim) if dim else 1
+        count *= _int_define(defs, dim2) if dim2 else 1
         fields.append(CField(fname, ctype, _SCALARS[ctype], count))
     return fields
 
@@ -144,37 +150,57 @@ def test_header_defines_match() -> None:
     defs = defines(header_text())
     assert int(defs["VMT_COMM_LEN"]) == abi.COMM_LEN
     assert int(defs["VMT_NARGS"]) == abi.NARGS
+    assert int(defs["VMT_PATH_DEPTH"]) == abi.PATH_DEPTH
+    assert int(defs["VMT_NAME_LEN"]) == abi.NAME_LEN
+    assert int(defs["VMT_STACK_CHUNK"]) == abi.STACK_CHUNK
 
 
-def test_struct_layout_matches_ctypes_field_by_field() -> None:
-    fields = parse_struct(header_text(), "vmt_event")
+@pytest.mark.parametrize(
+    ("c_name", "mirror"),
+    [("vmt_event", abi.EventStruct), ("vmt_file", abi.FileStruct)],
+)
+def test_struct_layout_matches_ctypes_field_by_field(
+    c_name: str, mirror: type[ctypes.Structure]
+) -> None:
+    fields = parse_struct(header_text(), c_name)
     offsets, size = c_layout(fields)
-    ct_fields = abi.EventStruct._fields_
+    ct_fields = mirror._fields_
     assert [f.name for f in fields] == [name for name, *_ in ct_fields]
     for f in fields:
-        ct = getattr(abi.EventStruct, f.name)
+        ct = getattr(mirror, f.name)
         assert (f.name, ct.offset, ct.size) == (f.name, offsets[f.name], f.size)
-    assert ctypes.sizeof(abi.EventStruct) == size == abi.EVENT_SIZE
+    assert ctypes.sizeof(mirror) == size
+
+
+def test_user_stack_header_matches() -> None:
+    """struct vmt_user_stack: the fixed part its mirror decodes, then data[] at its end."""
+    fields = parse_struct(header_text(), "vmt_user_stack")
+    offsets, _size = c_layout(fields)
+    assert [f.name for f in fields] == [n for n, *_ in abi.StackHeaderStruct._fields_] + ["data"]
+    for name, *_ in abi.StackHeaderStruct._fields_:
+        assert getattr(abi.StackHeaderStruct, name).offset == offsets[name]
+    assert offsets["data"] == abi.STACK_HEADER_SIZE
 
 
 def test_struct_layout_expected_numbers() -> None:
     """The layout written out, so that a change to both sides at once is still noticed."""
     offsets, size = c_layout(parse_struct(header_text(), "vmt_event"))
-    assert size == 208
-    assert offsets["ret"] == 24
-    assert offsets["args"] == 32
-    assert offsets["total_vm_before"] == 80
-    assert offsets["stack_id"] == 152
-    assert offsets["comm"] == 160
-    assert offsets["rss_before"] == 176
-    assert offsets["rss_member"] == 200
-    assert offsets["cpu"] == 204
+    assert size == 232 == abi.EVENT_SIZE
+    assert offsets["mm_id"] == 8
+    assert offsets["ret"] == 32
+    assert offsets["args"] == 40
+    assert offsets["total_vm_before"] == 88
+    assert offsets["area_addr"] == 152
+    assert offsets["aux"] == 192
+    assert offsets["flags"] == 208
+    assert offsets["comm"] == 216
+    assert abi.FILE_SIZE == 24 + 16 * 64
 
 
 def test_signedness_matches() -> None:
     fields = {f.name: f.ctype for f in parse_struct(header_text(), "vmt_event")}
     signed = {name for name, t in fields.items() if t.startswith("__s")}
-    assert signed == {"syscall_nr", "ret", "stack_id", "rss_member"}
+    assert signed == {"syscall_nr", "ret", "rss_member"}
     for name, ctype, *_ in abi.EventStruct._fields_:
         if name in signed:
             assert ctype in (ctypes.c_int32, ctypes.c_int64), name
@@ -192,19 +218,23 @@ def test_enum_kind_matches() -> None:
 
 def test_counters_match() -> None:
     counters = parse_enum(header_text(), "vmt_counter")
-    assert counters["VMT_CNT_EMITTED"] == abi.COUNTER_EMITTED
-    assert counters["VMT_CNT_LOST"] == abi.COUNTER_LOST
+    assert counters["VMT_CNT_LOST_CHANGES"] == abi.COUNTER_LOST_CHANGES
+    assert counters["VMT_CNT_LOST_VITAL"] == abi.COUNTER_LOST_VITAL
     assert counters["VMT_CNT_STACK_ERR"] == abi.COUNTER_STACK_ERR
+    assert counters["VMT_CNT_FILTERED"] == abi.COUNTER_FILTERED
+    assert counters["VMT_CNT_TARGETS_FULL"] == abi.COUNTER_TARGETS_FULL
 
 
 def test_flags_match() -> None:
     flags = parse_flags(header_text())
     assert flags == {
-        "VMT_FLAG_NEW_PEAK": abi.FLAG_NEW_PEAK,
         "VMT_FLAG_HAS_RET": abi.FLAG_HAS_RET,
-        "VMT_FLAG_MERGED": abi.FLAG_MERGED,
+        "VMT_FLAG_HAS_AREA": abi.FLAG_HAS_AREA,
+        "VMT_FLAG_HAS_FILE": abi.FLAG_HAS_FILE,
+        "VMT_FLAG_HAS_STACK": abi.FLAG_HAS_STACK,
+        "VMT_FLAG_NO_REGS": abi.FLAG_NO_REGS,
+        "VMT_FLAG_VITAL": abi.FLAG_VITAL,
     }
-    assert (abi.FLAG_NEW_PEAK, abi.FLAG_HAS_RET, abi.FLAG_MERGED) == (1, 2, 4)
 
 
 # -- decoding -----------------------------------------------------------------------------
@@ -214,6 +244,7 @@ def packed(**overrides: object) -> bytes:
     s = abi.EventStruct()
     values: dict[str, object] = dict(
         ts_ns=0x1122_3344_5566_7788,
+        mm_id=0xFFFF_8880_1234_5678,
         pid=4242,
         tid=4243,
         kind=abi.EventKind.SYSCALL,
@@ -226,16 +257,15 @@ def packed(**overrides: object) -> bytes:
         stack_vm_before=33,
         stack_vm_after=35,
         peak_before=1001,
-        user_sp=0x7FFF_FFFF_E000,
-        user_ip=0x5555_5555_1234,
-        stack_id=-14,
-        flags=abi.FLAG_HAS_RET | abi.FLAG_NEW_PEAK,
+        flags=abi.FLAG_HAS_RET,
         comm=b"my worker",
-        rss_before=300,
         rss_after=310,
         hiwater_rss=305,
+        hwm_before=300,
         rss_member=1,
-        cpu=1,
+        aux=77,
+        folded_rises=3,
+        lost=2,
     )
     values.update(overrides)
     for k, v in values.items():
@@ -245,10 +275,18 @@ def packed(**overrides: object) -> bytes:
     return bytes(s)
 
 
+def file_part(*names: bytes, ino: int = 99, dev: int = (8 << 20) | 1, truncated: int = 0) -> bytes:
+    f = abi.FileStruct(ino=ino, dev=dev, depth=len(names), truncated=truncated)
+    for i, n in enumerate(names):
+        f.names[i].value = n
+    return bytes(f)
+
+
 def test_round_trip() -> None:
     ev = abi.decode_event(packed())
     assert ev == abi.KernelEvent(
         ts_ns=0x1122_3344_5566_7788,
+        mm_id=0xFFFF_8880_1234_5678,
         pid=4242,
         tid=4243,
         kind=abi.EventKind.SYSCALL,
@@ -262,42 +300,78 @@ def test_round_trip() -> None:
         stack_vm_before_pages=33,
         stack_vm_after_pages=35,
         peak_before_pages=1001,
-        user_sp=0x7FFF_FFFF_E000,
-        user_ip=0x5555_5555_1234,
-        stack_id=-14,
-        flags=abi.FLAG_HAS_RET | abi.FLAG_NEW_PEAK,
+        flags=abi.FLAG_HAS_RET,
         comm="my worker",
-        rss_before_pages=300,
         rss_after_pages=310,
         hiwater_rss_pages=305,
+        hwm_before_pages=300,
         rss_member=1,
-        cpu=1,
+        aux=77,
+        folded_rises=3,
+        lost=2,
     )
     assert ev.has_ret is True
-    assert ev.new_peak is True
     assert isinstance(ev.kind, abi.EventKind)
 
 
-def test_round_trip_at_header_offsets() -> None:
-    """Bytes put at the header's offsets (not through ctypes) decode to the right fields."""
-    offsets, size = c_layout(parse_struct(header_text(), "vmt_event"))
-    buf = bytearray(size)
-    buf[offsets["pid"] : offsets["pid"] + 4] = (77).to_bytes(4, "little")
-    buf[offsets["kind"] : offsets["kind"] + 4] = (5).to_bytes(4, "little")
-    buf[offsets["syscall_nr"] : offsets["syscall_nr"] + 4] = (-1).to_bytes(4, "little", signed=True)
-    buf[offsets["total_vm_after"] : offsets["total_vm_after"] + 8] = (123).to_bytes(8, "little")
-    buf[offsets["flags"] : offsets["flags"] + 4] = (2).to_bytes(4, "little")
-    buf[offsets["comm"] : offsets["comm"] + 3] = b"abc"
-    ev = abi.decode_event(bytes(buf))
-    assert (ev.pid, ev.kind, ev.syscall_nr, ev.total_vm_after_pages, ev.flags, ev.comm) == (
-        77,
-        abi.EventKind.BASELINE,
-        -1,
-        123,
-        2,
-        "abc",
+def test_file_part_is_the_path_outermost_first() -> None:
+    data = packed(flags=abi.FLAG_HAS_FILE) + file_part(b"libc.so.6", b"lib", b"usr")
+    ev = abi.decode_event(data)
+    assert ev.file == MappedFile(path="/usr/lib/libc.so.6", ino=99, dev=os.makedev(8, 1))
+    trunc = abi.decode_event(packed(flags=abi.FLAG_HAS_FILE) + file_part(b"f", truncated=1))
+    assert trunc.file is not None and trunc.file.path == ".../f"
+    with pytest.raises(abi.DecodeError, match="file part"):
+        abi.decode_event(data[:-1])
+
+
+def test_stack_part_keeps_the_bytes_read() -> None:
+    head = abi.StackHeaderStruct(ip=0x401000, sp=0x7FFC_0000_0000, bp=7, len=1024)
+    body = bytes(range(256)) * 4 + b"\xee" * 512  # 512 bytes past `len`: not kept
+    data = packed(flags=abi.FLAG_HAS_FILE | abi.FLAG_HAS_STACK) + file_part() + bytes(head) + body
+    ev = abi.decode_event(data)
+    assert ev.file is None  # a stack record's file part, empty
+    assert ev.user_stack == UserStack(ip=0x401000, sp=0x7FFC_0000_0000, bp=7, data=body[:1024])
+
+
+_MMAP, _MUNMAP, _BRK, _MREMAP, _SHMAT = 9, 11, 12, 25, 30
+
+
+def _call(nr: int, args: tuple[int, ...], flags: int = 0, **kw: int) -> abi.KernelEvent:
+    kw.setdefault("ret", 0)
+    raw = packed(syscall_nr=nr, flags=flags, **kw)
+    full = (*args, *(0,) * (6 - len(args)))
+    return abi.decode_event(raw[:40] + b"".join(a.to_bytes(8, "little") for a in full) + raw[88:])
+
+
+def test_results_the_tracepoint_backend_infers() -> None:
+    anon = 0x22  # MAP_PRIVATE | MAP_ANONYMOUS
+    area = abi.FLAG_HAS_AREA
+    # the free range the kernel found is the mapping
+    ev = _call(
+        _MMAP, (0, 8192, 3, anon, 2**64 - 1, 0), area, area_addr=0x7F00_0000_1000, area_len=8192
     )
-    assert ev.has_ret and not ev.new_peak
+    assert (ev.has_ret, ev.ret_raw) == (True, 0x7F00_0000_1000)
+    # a 2 MiB-multiple anonymous mapping: searched with 2 MiB more, aligned up
+    two = 2 << 20
+    ev = _call(
+        _MMAP, (0, two, 3, anon, 2**64 - 1, 0), area, area_addr=0x7F00_0010_0000, area_len=2 * two
+    )
+    assert ev.ret_raw == 0x7F00_0020_0000
+    ev = _call(
+        _MMAP, (0, two, 3, anon, 2**64 - 1, 0), area, area_addr=0x7F00_0020_0000, area_len=2 * two
+    )
+    assert ev.ret_raw == 0x7F00_0040_0000  # already aligned: top-down takes the upper one
+    # MAP_FIXED, or a free hint: where it was asked to go
+    ev = _call(_MMAP, (0x5000_0000, 4096, 3, anon | 0x10, 2**64 - 1, 0))
+    assert ev.ret_raw == 0x5000_0000
+    assert _call(_BRK, (0,), brk_after=0x5555_6000).ret_raw == 0x5555_6000
+    assert _call(_MUNMAP, (0x1000, 4096)).ret_raw == 0
+    assert _call(_MREMAP, (0x1000, 4096, 8192, 0, 0)).ret_raw == 0x1000  # grown in place
+    assert _call(_MREMAP, (0x1000, 4096, 8192, 3, 0x9000)).ret_raw == 0x9000  # FIXED
+    assert _call(_SHMAT, (5, 0, 0), area, area_addr=0x7000).ret_raw == 0x7000
+    assert not _call(39, (0,)).has_ret  # not a decoded call: nothing to infer
+    # the kernel's own return value wins
+    assert _call(_MMAP, (0, 4096, 3, anon, 0, 0), abi.FLAG_HAS_RET | area, ret=-12).ret_raw == -12
 
 
 def test_full_comm_without_nul() -> None:
@@ -314,7 +388,7 @@ def test_longer_buffer_is_accepted() -> None:
 def test_short_buffer_raises() -> None:
     short = abi.EVENT_SIZE - 1
     with pytest.raises(
-        abi.DecodeError, match=f"record of {short} bytes, expected {abi.EVENT_SIZE}"
+        abi.DecodeError, match=f"record of {short} bytes, expected at least {abi.EVENT_SIZE}"
     ):
         abi.decode_event(packed()[:-1])
     with pytest.raises(abi.DecodeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.util
 import os
@@ -294,22 +295,20 @@ def test_bad_status_file(tmp_path: Path) -> None:
 
 
 def test_cflags_naming() -> None:
-    names = [
-        "task_mm", "task_stack", "task_tgid", "mm_rss_stat", "rss_stride", "rss_count",
-        "mm_total_vm", "mm_hiwater_vm", "mm_stack_vm",
-        "mm_hiwater_rss", "pt_regs_size", "pt_regs_orig_ax", "pt_regs_di", "pt_regs_si",
-        "pt_regs_dx", "pt_regs_r10", "pt_regs_r8", "pt_regs_r9", "pt_regs_sp", "pt_regs_ip",
-        "thread_size", "stack_top_padding",
-    ]  # fmt: skip
+    names = [f.name for f in dataclasses.fields(KernelOffsets)]
     offsets = KernelOffsets(**{n: i for i, n in enumerate(names)})
     flags = offsets.cflags()
     assert flags[0] == "-DVMT_OFF_TASK_MM=0"
-    assert "-DVMT_OFF_MM_TOTAL_VM=6" in flags
-    assert "-DVMT_OFF_RSS_STRIDE=4" in flags
-    assert "-DVMT_OFF_PT_REGS_ORIG_AX=11" in flags
-    assert "-DVMT_OFF_THREAD_SIZE=20" in flags
-    assert flags[-1] == "-DVMT_OFF_STACK_TOP_PADDING=21"
+    assert f"-DVMT_OFF_MM_TOTAL_VM={names.index('mm_total_vm')}" in flags
+    assert f"-DVMT_OFF_PT_REGS_ORIG_AX={names.index('pt_regs_orig_ax')}" in flags
+    assert f"-DVMT_OFF_DENTRY_PARENT={names.index('dentry_parent')}" in flags
+    assert flags[-1] == f"-DVMT_OFF_STACK_TOP_PADDING={len(names) - 1}"
     assert len(flags) == len(names)
+    # every offset the BPF sources read is one of these
+    used = set()
+    for src in (Path(__file__).resolve().parents[2] / "bpf").glob("*.[ch]"):
+        used |= set(re.findall(r"VMT_OFF_([A-Z0-9_]+)", src.read_text()))
+    assert used <= {n.upper() for n in names}
 
 
 def _kernel_btf(path: Path) -> None:
@@ -322,7 +321,25 @@ def _kernel_btf(path: Path) -> None:
         t.STRUCT,
         "task_struct",
         2048,
-        [("stack", ptr, 256), ("mm", ptr, 9088), ("pid", pid_t, 10112), ("tgid", pid_t, 10144)],
+        [("stack", ptr, 256), ("mm", ptr, 9088), ("pid", pid_t, 10112), ("tgid", pid_t, 10144),
+         ("files", ptr, 1824 * 8), ("signal", ptr, 1848 * 8)],
+    )  # fmt: skip
+    b.add_composite(t.STRUCT, "linux_binprm", 256, [("filename", ptr, 96 * 8)])
+    b.add_composite(t.STRUCT, "signal_struct", 64, [("sigcnt", pid_t, 0), ("live", pid_t, 32)])
+    b.add_composite(t.STRUCT, "files_struct", 64, [("count", pid_t, 0), ("fdt", ptr, 256)])
+    b.add_composite(t.STRUCT, "fdtable", 64, [("max_fds", pid_t, 0), ("fd", ptr, 64)])
+    path_t = b.add_composite(t.STRUCT, "path", 16, [("mnt", ptr, 0), ("dentry", ptr, 64)])
+    b.add_composite(t.STRUCT, "file", 256, [("f_inode", ptr, 256), ("f_path", path_t, 512)])
+    qstr = b.add_composite(t.STRUCT, "qstr", 16, [("hash_len", ulong, 0), ("name", ptr, 64)])
+    b.add_composite(t.STRUCT, "dentry", 256, [("d_parent", ptr, 192), ("d_name", qstr, 256)])
+    b.add_composite(t.STRUCT, "inode", 256, [("i_sb", ptr, 320), ("i_ino", ulong, 512)])
+    b.add_composite(t.STRUCT, "super_block", 256, [("s_dev", pid_t, 128)])
+    vfsmount = b.add_composite(t.STRUCT, "vfsmount", 32, [("mnt_root", ptr, 0)])
+    b.add_composite(
+        t.STRUCT,
+        "mount",
+        256,
+        [("mnt_parent", ptr, 128), ("mnt_mountpoint", ptr, 192), ("mnt", vfsmount, 256)],
     )
     s64 = b.add_int("long long int", 8)
     b.add_composite(t.STRUCT, "percpu_counter", 40, [("lock", ulong, 0), ("count", s64, 64)])
@@ -331,7 +348,8 @@ def _kernel_btf(path: Path) -> None:
         "",
         512,
         [("hiwater_rss", ulong, 2752), ("hiwater_vm", ulong, 2816), ("total_vm", ulong, 2880),
-         ("stack_vm", ulong, 3200), ("rss_stat", ulong, 7680)],
+         ("stack_vm", ulong, 3200), ("brk", ulong, 464 * 8), ("exe_file", ptr, 1312 * 8),
+         ("rss_stat", ulong, 7680)],
     )  # fmt: skip
     b.add_composite(t.STRUCT, "mm_struct", 1472, [("", anon, 0)])
     regs = ["r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx",
@@ -349,7 +367,11 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
         rss_count=8, mm_total_vm=360, mm_hiwater_vm=352, mm_stack_vm=400,
         mm_hiwater_rss=344, pt_regs_size=168, pt_regs_orig_ax=120, pt_regs_di=112,
         pt_regs_si=104, pt_regs_dx=96, pt_regs_r10=56, pt_regs_r8=72, pt_regs_r9=64,
-        pt_regs_sp=152, pt_regs_ip=128, thread_size=16384, stack_top_padding=0,
+        pt_regs_sp=152, pt_regs_ip=128, pt_regs_bp=32, mm_brk=464, mm_exe_file=1312, binprm_filename=96,
+        task_files=1824, task_signal=1848, signal_live=4, files_fdt=32, fdtable_fd=8,
+        fdtable_max_fds=0, file_dentry=72, file_mnt=64, file_inode=32, dentry_name=40,
+        dentry_parent=24, inode_ino=64, inode_sb=40, sb_dev=16, mount_mnt=32, mount_parent=16,
+        mount_mountpoint=24, vfsmount_root=0, thread_size=16384, stack_top_padding=0,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmtrace.kernel.probesites import (
+    CALLS,
     NoSites,
     filter_functions,
     kallsyms_text_symbols,
@@ -71,8 +72,8 @@ def test_kprobe_sites_on_6_18() -> None:
 
 
 def test_traceable_list_excludes_what_cannot_be_probed() -> None:
-    syms = {"vm_stat_account", "mmap_region", "do_mas_align_munmap", "do_brk_flags"}
-    plan = resolve_kprobe_sites(syms, traceable={"mmap_region", "do_mas_align_munmap"})
+    syms = {"vm_stat_account", "mmap_region", "do_mas_align_munmap", "do_brk_flags", *CALLS}
+    plan = resolve_kprobe_sites(syms, traceable={"mmap_region", "do_mas_align_munmap", *CALLS})
     assert plan.after_write == ("mmap_region", "do_mas_align_munmap")
 
 
@@ -83,6 +84,7 @@ def test_compiler_clones_are_used_when_the_function_itself_is_gone() -> None:
         "__do_munmap.constprop.0",
         "__do_munmap.cold",  # an outlined cold path, not an entry
         "remove_vma_list.part.0",
+        *CALLS,
     }
     plan = resolve_kprobe_sites(syms)
     assert "do_brk_flags.isra.0" in plan.after_write
@@ -92,9 +94,23 @@ def test_compiler_clones_are_used_when_the_function_itself_is_gone() -> None:
 
 def test_old_kernel_do_munmap_only() -> None:
     """4.14-style: do_munmap is the unmap entry, vm_brk_flags the brk path."""
-    plan = resolve_kprobe_sites({"vm_stat_account", "do_munmap", "vm_brk_flags", "exit_mmap"})
+    plan = resolve_kprobe_sites(
+        {"vm_stat_account", "do_munmap", "vm_brk_flags", "exit_mmap", *CALLS}
+    )
     assert plan.before_unmap == ("do_munmap",)
     assert plan.after_write == ("vm_stat_account", "vm_brk_flags", "do_munmap")
+
+
+def test_the_decoded_calls_must_be_probe_able() -> None:
+    """Without the syscall functions a call's changes could not be merged and judged at
+    its return (a moving mremap would show a false peak): refuse, naming them."""
+    syms = {"vm_stat_account", "do_vmi_align_munmap", *CALLS} - {"__x64_sys_mremap"}
+    with pytest.raises(NoSites, match="__x64_sys_mremap"):
+        resolve_kprobe_sites(syms)
+    with pytest.raises(NoSites, match="__x64_sys_mremap"):
+        resolve_fentry_sites(syms.__contains__)
+    plan = resolve_kprobe_sites(syms | {"__x64_sys_mremap"})
+    assert plan.calls == CALLS
 
 
 def test_no_accounting_function_is_a_clear_refusal() -> None:
@@ -105,7 +121,7 @@ def test_no_accounting_function_is_a_clear_refusal() -> None:
 def test_fentry_skips_functions_a_trampoline_cannot_take() -> None:
     """GIVEN 6.1's BTF, where do_mas_align_munmap has 7 arguments (error 524 there)
     THEN fentry observes do_mas_munmap (6) before unmaps instead."""
-    syms = symbols(K61)
+    syms = symbols(K61) | set(CALLS)
     args = {"do_mas_align_munmap": 7, "do_mas_munmap": 6, "vm_stat_account": 3}
     plan = resolve_fentry_sites(syms.__contains__, args.get)
     assert plan.before_unmap == ("do_mas_munmap",)

@@ -75,11 +75,15 @@ def diagnose(load: bool) -> Report:
         r.add(
             "tracepoints",
             not missing,
-            "all present (mmap_lock_released, syscall enter/exit)"
+            "all present (mmap_lock acquire/release, vm_unmapped_area, sched exec/exit/fork)"
             if not missing
             else f"missing: {', '.join(missing)}",
         )
-        r.add("exit_mmap tracepoint", survey.have_exit_mmap, "mmap:exit_mmap (6.1+)")
+        r.add(
+            "bpf_task_pt_regs",
+            survey.have_task_pt_regs,
+            "5.15+; before it the syscall registers are found from the kernel stack layout",
+        )
         kprobes = "kprobe_events" if survey.kprobes else "CONFIG_KPROBES off"
         r.add("kprobes", survey.kprobes, kprobes)
     try:
@@ -108,7 +112,7 @@ def diagnose(load: bool) -> Report:
             entry.update(status="not loaded", detail="(--no-load, or bcc/headers/privileges)")
         else:
             session = BccSession(
-                cand.name, offsets, headers.kernel_source, survey.have_exit_mmap, cand.plan
+                cand.name, offsets, headers.kernel_source, survey.have_task_pt_regs, cand.plan
             )
             t0 = time.monotonic()
             try:

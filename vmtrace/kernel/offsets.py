@@ -40,6 +40,29 @@ _MEMBERS: dict[str, tuple[str, str]] = {
     "pt_regs_r9": ("pt_regs", "r9"),
     "pt_regs_sp": ("pt_regs", "sp"),
     "pt_regs_ip": ("pt_regs", "ip"),
+    "pt_regs_bp": ("pt_regs", "bp"),
+    "mm_brk": ("mm_struct", "brk"),
+    "mm_exe_file": ("mm_struct", "exe_file"),
+    "binprm_filename": ("linux_binprm", "filename"),
+    # the file an mmap maps, named by the kernel at the change: fd -> file -> dentry walk
+    "task_files": ("task_struct", "files"),
+    "task_signal": ("task_struct", "signal"),
+    "signal_live": ("signal_struct", "live"),
+    "files_fdt": ("files_struct", "fdt"),
+    "fdtable_fd": ("fdtable", "fd"),
+    "fdtable_max_fds": ("fdtable", "max_fds"),
+    "file_dentry": ("file", "f_path.dentry"),
+    "file_mnt": ("file", "f_path.mnt"),
+    "file_inode": ("file", "f_inode"),
+    "dentry_name": ("dentry", "d_name.name"),
+    "dentry_parent": ("dentry", "d_parent"),
+    "inode_ino": ("inode", "i_ino"),
+    "inode_sb": ("inode", "i_sb"),
+    "sb_dev": ("super_block", "s_dev"),
+    "mount_mnt": ("mount", "mnt"),
+    "mount_parent": ("mount", "mnt_parent"),
+    "mount_mountpoint": ("mount", "mnt_mountpoint"),
+    "vfsmount_root": ("vfsmount", "mnt_root"),
 }
 
 
@@ -67,6 +90,28 @@ class KernelOffsets:
     pt_regs_r9: int
     pt_regs_sp: int
     pt_regs_ip: int
+    pt_regs_bp: int
+    mm_brk: int
+    mm_exe_file: int
+    binprm_filename: int
+    task_files: int
+    task_signal: int
+    signal_live: int
+    files_fdt: int
+    fdtable_fd: int
+    fdtable_max_fds: int
+    file_dentry: int
+    file_mnt: int
+    file_inode: int
+    dentry_name: int
+    dentry_parent: int
+    inode_ino: int
+    inode_sb: int
+    sb_dev: int
+    mount_mnt: int
+    mount_parent: int
+    mount_mountpoint: int
+    vfsmount_root: int
     thread_size: int
     stack_top_padding: int
 

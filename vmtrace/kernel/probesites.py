@@ -54,6 +54,12 @@ UNMAP_ENTRIES: tuple[str, ...] = (
     "do_munmap",  # 4.14 – 4.19 (later kernels keep it, but munmap(2) bypasses it)
 )
 EXIT_MMAP = "exit_mmap"
+# The calls whose changes are merged and judged at their return; their syscall functions
+# (x86_64 wrappers taking the user pt_regs) are probed, which only tasks making those
+# calls pay for.
+CALLS: tuple[str, ...] = tuple(
+    f"__x64_sys_{c}" for c in ("mmap", "munmap", "brk", "mremap", "shmat", "shmdt")
+)
 MAX_TRAMPOLINE_ARGS = 6
 MAX_FENTRY_WRITERS = 6  # VMT_FEXIT_0..5 in bpf/fentry.c
 
@@ -67,6 +73,7 @@ class ProbePlan:
     after_write: tuple[str, ...]
     before_unmap: tuple[str, ...]
     exit_mmap: str | None
+    calls: tuple[str, ...] = CALLS
 
     def describe(self) -> str:
         parts = [f"after {', '.join(self.after_write)}"]
@@ -135,8 +142,11 @@ def resolve_kprobe_sites(symbols: Iterable[str], traceable: set[str] | None = No
             break
     # Unmaps by untraced calls lower total_vm: observe the entry's return too.
     after = writers + [e for e in entries if e not in writers]
+    missing = [c for c in CALLS if c not in syms]
+    if missing:
+        raise NoSites(f"the syscall functions {', '.join(missing)} cannot be probed")
     exit_mmap = EXIT_MMAP if EXIT_MMAP in syms else None
-    return ProbePlan(tuple(after), tuple(entries), exit_mmap)
+    return ProbePlan(tuple(after), tuple(entries), exit_mmap, CALLS)
 
 
 def resolve_fentry_sites(
@@ -157,4 +167,7 @@ def resolve_fentry_sites(
         raise NoSites("neither vm_stat_account nor mmap_region is in BTF (fentry needs BTF)")
     entry = next((n for n in UNMAP_ENTRIES if usable(n)), None)
     after = writers + ([entry] if entry and entry not in writers else [])
-    return ProbePlan(tuple(after[:MAX_FENTRY_WRITERS]), (entry,) if entry else (), None)
+    missing = [c for c in CALLS if not has_function(c)]
+    if missing:
+        raise NoSites(f"the syscall functions {', '.join(missing)} are not in BTF")
+    return ProbePlan(tuple(after[:MAX_FENTRY_WRITERS]), (entry,) if entry else (), None, CALLS)

@@ -1,0 +1,124 @@
+/* Turning a traced mm's counters into records: first sight (baseline), an exec's new
+ * image, and a change judged once its writer has completed it.
+ *
+ * Only the task that changed the counters commits them: the tracepoint backend commits
+ * at its writer's lock release, the kprobe/fentry backends inside the writing functions
+ * (merged per decoded syscall, judged at the syscall's return). Readers never commit.
+ */
+#ifndef VMTRACE_OBSERVE_H
+#define VMTRACE_OBSERVE_H
+
+#include "emit.h"
+
+#define VMT_MAP_ANONYMOUS 0x20
+
+/* Where an exec's free-range searches and results are kept, per writer (tracepoint). */
+struct vmt_area {
+	u64 addr;
+	u64 len;
+	u32 seen;
+	u32 pad;
+};
+
+static __always_inline void vmt_accept(struct target_state *st, u64 mm, struct mm_snap *now,
+				       int with_peak)
+{
+	st->mm = mm;
+	st->total_vm = now->total_vm;
+	st->hiwater_vm = now->hiwater_vm;
+	st->stack_vm = now->stack_vm;
+	if (with_peak)
+		st->peak = vmt_max(st->peak, vmt_max(now->total_vm, now->hiwater_vm));
+}
+
+static __always_inline u64 vmt_vmhwm(u64 mm)
+{
+	return vmt_max(vmt_read_rss(mm), vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS));
+}
+
+/* `mm` is not the one the state describes: an exec's new image (kept quiet until the
+ * exec completes), or the first sight of the process (a baseline record). */
+static __always_inline void vmt_new_mm(struct target_state *st, u64 mm, s64 nr)
+{
+	struct mm_snap now = {};
+	vmt_read_mm(mm, &now);
+	if (vmt_exec_call(nr)) {
+		if (!st->in_exec) {
+			st->exec_total_vm = st->total_vm;
+			st->exec_hiwater_vm = st->hiwater_vm;
+			st->exec_stack_vm = st->stack_vm;
+			st->exec_peak = st->peak;
+			st->in_exec = 1;
+		}
+		st->peak = 0;
+		vmt_accept(st, mm, &now, 1);
+		return;
+	}
+	st->peak = 0;
+	st->in_exec = 0;
+	vmt_accept(st, mm, &now, 1);
+	st->reported_peak = st->peak;
+	st->hwm_sent = vmt_vmhwm(mm);
+	struct vmt_event *e = vmt_reserve(st, 1, 0, 0);
+	if (!e)
+		return;
+	e->kind = VMT_KIND_BASELINE;
+	vmt_fill_counters(e, &now, &now, st->peak, mm);
+	vmt_submit(e);
+}
+
+/* A change from `before` to `after`, completed by the current task in call `r`: judged
+ * against the peak `peak_before`, sent to the ring it belongs to, and accounted for. */
+static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct mm_snap *before,
+				       struct mm_snap *after, u64 peak_before, struct vmt_regs *r,
+				       s64 ret, int has_ret, struct vmt_area *area)
+{
+	struct vmt_config *cfg = vmt_config();
+	u64 min_delta = cfg ? cfg->min_delta_pages : 0;
+	int latch = after->hiwater_vm != before->hiwater_vm;
+	int rise = after->total_vm > peak_before;
+	int vital = latch || rise;
+	u32 folded = 0;
+	if (rise && min_delta) {
+		/* VmPeak has to rise by min_delta since the last peak sent, however small the
+		 * steps, so that slow growth is still seen */
+		if (after->total_vm >= st->reported_peak + min_delta) {
+			folded = st->folded;
+			st->folded = 0;
+			st->reported_peak = after->total_vm;
+		} else {
+			st->folded++;
+			vital = latch;
+		}
+	}
+	vmt_accept(st, mm, after, 0);
+	st->peak = vmt_max(peak_before, vmt_max(after->total_vm, after->hiwater_vm));
+	st->rss = vmt_read_rss(mm);
+	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+	if (!vital && min_delta) {
+		count(VMT_CNT_FILTERED);
+		return;
+	}
+	u64 file = 0;
+	if (r->nr == NR_MMAP && !(r->args[3] & VMT_MAP_ANONYMOUS))
+		file = vmt_file_of_fd((s64)(s32)r->args[4]);
+	struct vmt_event *e = vmt_reserve(st, vital, file, vital ? r : 0);
+	if (!e)
+		return;
+	e->kind = vmt_decoded_call(r->nr) ? VMT_KIND_SYSCALL : VMT_KIND_OTHER;
+	vmt_fill_counters(e, before, after, peak_before, mm);
+	vmt_fill_call(e, r);
+	e->folded_rises = folded;
+	if (has_ret) {
+		e->ret = ret;
+		e->flags |= VMT_FLAG_HAS_RET;
+	}
+	if (area && area->seen) {
+		e->area_addr = area->addr;
+		e->area_len = area->len;
+		e->flags |= VMT_FLAG_HAS_AREA;
+	}
+	vmt_submit(e);
+}
+
+#endif
