@@ -99,6 +99,9 @@ static __always_inline struct vmt_event *vmt_reserve(struct target_state *st, in
 	struct vmt_config *cfg = vmt_config();
 	if (cfg && cfg->stopped)
 		return 0;
+#ifdef VMT_NO_STACKS
+	stack_regs = 0;
+#endif
 	if (is_vital && stack_regs && stack_regs->ok) {
 		e = vital.ringbuf_reserve(VMT_SIZE_STACK);
 		if (e) {
@@ -133,6 +136,8 @@ static __always_inline struct vmt_event *vmt_reserve(struct target_state *st, in
 	e->tid = (u32)id;
 	e->rss_member = -1;
 	e->syscall_nr = -1;
+	if (st)
+		e->lost = st->lost;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	return e;
 }
@@ -154,6 +159,14 @@ static __always_inline void vmt_submit(struct vmt_event *e)
 	events.ringbuf_submit(e, wake);
 }
 
+static __always_inline void vmt_fill_rss(struct vmt_event *e, u64 mm)
+{
+	e->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
+	e->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
+	e->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
+	e->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+}
+
 static __always_inline void vmt_fill_counters(struct vmt_event *e, struct mm_snap *before,
 					      struct mm_snap *after, u64 peak_before, u64 mm)
 {
@@ -165,8 +178,7 @@ static __always_inline void vmt_fill_counters(struct vmt_event *e, struct mm_sna
 	e->hiwater_vm_after = after->hiwater_vm;
 	e->stack_vm_after = after->stack_vm;
 	e->peak_before = peak_before;
-	e->rss_after = vmt_read_rss(mm);
-	e->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+	vmt_fill_rss(e, mm);
 	e->brk_after = vmt_read_u64(mm + VMT_OFF_MM_BRK);
 }
 

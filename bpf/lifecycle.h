@@ -82,12 +82,58 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 	e->hiwater_vm_before = e->hiwater_vm_after = last.hiwater_vm;
 	e->stack_vm_before = e->stack_vm_after = last.stack_vm;
 	e->peak_before = last.peak;
-	e->rss_after = last.rss;
+	e->rss_file = last.rss_file;
+	e->rss_anon = last.rss_anon;
+	e->rss_shmem = last.rss_shmem;
 	e->hiwater_rss = last.hiwater_rss;
 	e->lost = last.lost;
+	e->aux = vmt_read_u32(bpf_get_current_task() + VMT_OFF_TASK_EXIT_CODE);
 	vmt_submit(e);
 	return 0;
 }
+
+#ifdef VMT_TRACE_OOM
+/* The OOM killer marks its victim: the victim's counters at the kill (the task the
+ * tracepoint fires in is the one whose allocation failed). */
+RAW_TRACEPOINT_PROBE(mark_victim)
+{
+#ifdef VMT_OOM_TASK_ARG
+	u64 task = (u64)ctx->args[0];
+	u32 tgid = vmt_read_u32(task + VMT_OFF_TASK_TGID);
+	u32 tid = vmt_read_u32(task + VMT_OFF_TASK_PID);
+	u64 mm = vmt_read_u64(task + VMT_OFF_TASK_MM);
+#else
+	/* before 6.7 the tracepoint passes only the victim's pid */
+	u64 task = 0;
+	u32 tgid = (u32)ctx->args[0], tid = tgid;
+	u64 mm = 0;
+#endif
+	struct target_state *st = targets.lookup(&tgid);
+	if (!st)
+		return 0;
+	if (!mm)
+		mm = st->mm;
+	struct vmt_event *e = vmt_reserve(st, 1, 0, 0);
+	if (!e)
+		return 0;
+	e->kind = VMT_KIND_OOM;
+	struct mm_snap last = {
+		.total_vm = st->total_vm,
+		.hiwater_vm = st->hiwater_vm,
+		.stack_vm = st->stack_vm,
+	};
+	struct mm_snap now = {};
+	vmt_read_mm(mm, &now);
+	vmt_fill_counters(e, &last, &now, st->peak, mm);
+	e->aux = e->pid;  /* the allocating task, before pid/tid name the victim */
+	e->pid = tgid;
+	e->tid = tid;
+	if (task)
+		bpf_probe_read_kernel_str(&e->comm, sizeof(e->comm), (void *)(task + VMT_OFF_TASK_COMM));
+	vmt_submit(e);
+	return 0;
+}
+#endif
 
 /* --follow: a traced process forks; its child (not a new thread) is traced from here on,
  * before it runs. Raw tracepoint: the tracepoint's own fields name pids, not the tgid. */

@@ -26,7 +26,9 @@ struct target_state {
 	u64 peak;          /* max(total_vm, hiwater_vm) ever seen for this mm */
 	u64 reported_peak; /* --min-delta: total_vm of the last peak sent */
 	u64 hwm_sent;      /* VmHWM (pages) in the last HWM record (or at first sight) */
-	u64 rss;           /* RSS and hiwater_rss at the last change, for the exit record */
+	u64 rss_file;      /* RSS by kind and hiwater_rss at the last change, for the exit */
+	u64 rss_anon;
+	u64 rss_shmem;
 	u64 hiwater_rss;
 	/* an exec in progress: the old image's values, for the exec record */
 	u64 exec_total_vm;
@@ -85,13 +87,18 @@ static __always_inline s64 vmt_rss_counter(u64 mm, int member)
 	return (s64)vmt_read_u64(at);
 }
 
-/* get_mm_rss() as /proc computes it: each counter's shared value, negatives as 0 */
+/* One RSS counter as /proc reads it: its shared value, negative as 0 */
+static __always_inline u64 vmt_rss_of(u64 mm, int member)
+{
+	s64 v = vmt_rss_counter(mm, member);
+	return v > 0 ? (u64)v : 0;
+}
+
+/* get_mm_rss() as /proc computes it */
 static __always_inline u64 vmt_read_rss(u64 mm)
 {
-	s64 file = vmt_rss_counter(mm, VMT_MM_FILEPAGES);
-	s64 anon = vmt_rss_counter(mm, VMT_MM_ANONPAGES);
-	s64 shmem = vmt_rss_counter(mm, VMT_MM_SHMEMPAGES);
-	return (u64)(file > 0 ? file : 0) + (u64)(anon > 0 ? anon : 0) + (u64)(shmem > 0 ? shmem : 0);
+	return vmt_rss_of(mm, VMT_MM_FILEPAGES) + vmt_rss_of(mm, VMT_MM_ANONPAGES) +
+	       vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
 }
 
 static __always_inline u64 vmt_max(u64 a, u64 b)

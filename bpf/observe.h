@@ -93,7 +93,9 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	}
 	vmt_accept(st, mm, after, 0);
 	st->peak = vmt_max(peak_before, vmt_max(after->total_vm, after->hiwater_vm));
-	st->rss = vmt_read_rss(mm);
+	st->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
+	st->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
+	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
 	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 	if (!vital && min_delta) {
 		count(VMT_CNT_FILTERED);

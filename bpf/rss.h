@@ -42,8 +42,6 @@ RAW_TRACEPOINT_PROBE(rss_stat)
 	};
 	vmt_fill_counters(e, &last, &last, st->peak, mm);
 	vmt_fill_call(e, &r);
-	e->rss_after = rss;
-	e->hiwater_rss = hiwater_rss;
 	e->hwm_before = hwm_before;
 	e->rss_member = (s32)ctx->args[1];
 	vmt_submit(e);

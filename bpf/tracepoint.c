@@ -9,7 +9,6 @@
  * one whole change, made by that task. The call is read from the task's saved user
  * registers; the free range the kernel picked for a new mapping from vm_unmapped_area.
  */
-#include <uapi/linux/ptrace.h>
 #include "observe.h"
 #include "lifecycle.h"
 #include "rss.h"

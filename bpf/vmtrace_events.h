@@ -41,6 +41,9 @@ enum vmt_kind {
 	VMT_KIND_FORK = 6,
 	/* VmHWM = max(hiwater_rss, rss) passed the last HWM record by hwm_step_pages */
 	VMT_KIND_HWM = 7,
+	/* the OOM killer chose this process (tid: the victim thread; aux: the tgid of the
+	 * task whose allocation failed); counters are the victim's at that moment */
+	VMT_KIND_OOM = 8,
 };
 
 /* flags */
@@ -71,16 +74,19 @@ struct vmt_event {
 	__u64 brk_after;        /* mm->brk after the change */
 	__u64 area_addr;        /* with VMT_FLAG_HAS_AREA: what vm_unmapped_area returned... */
 	__u64 area_len;         /* ...for a request of this length, during the change */
-	/* RSS (file + anon + shmem pages, as /proc counts them) and the latched hiwater_rss,
-	 * read after the change */
-	__u64 rss_after;
+	/* RSS by kind (pages, as /proc counts them: VmRSS is their sum) and the latched
+	 * hiwater_rss, read after the change */
+	__u64 rss_file;
+	__u64 rss_anon;
+	__u64 rss_shmem;
 	__u64 hiwater_rss;
 	__u64 hwm_before;       /* HWM: VmHWM (pages) of the previous HWM record */
-	__u64 aux;              /* FORK: parent tgid; EXEC: the tid that called exec */
+	__u64 aux;              /* FORK: parent tgid; EXEC: the tid that called exec; EXIT: the
+				 * exit code (status << 8 | signal); OOM: see VMT_KIND_OOM */
 	__u32 folded_rises;     /* --min-delta: VmPeak rises kept back since the last one sent */
 	__s32 rss_member;       /* HWM: counter that grew (0 file, 1 anon, 3 shmem); else -1 */
 	__u32 flags;            /* VMT_FLAG_* */
-	__u32 lost;             /* EXIT: records of this process the rings had no room for */
+	__u32 lost;             /* records of this process the rings had no room for, so far */
 	char comm[VMT_COMM_LEN];
 };
 

@@ -33,6 +33,7 @@ class EventKind(enum.IntEnum):
     BASELINE = 5
     FORK = 6
     HWM = 7
+    OOM = 8
 
 
 FLAG_HAS_RET = 1 << 1
@@ -71,7 +72,9 @@ class EventStruct(ctypes.Structure):
         ("brk_after", ctypes.c_uint64),
         ("area_addr", ctypes.c_uint64),
         ("area_len", ctypes.c_uint64),
-        ("rss_after", ctypes.c_uint64),
+        ("rss_file", ctypes.c_uint64),
+        ("rss_anon", ctypes.c_uint64),
+        ("rss_shmem", ctypes.c_uint64),
         ("hiwater_rss", ctypes.c_uint64),
         ("hwm_before", ctypes.c_uint64),
         ("aux", ctypes.c_uint64),
@@ -239,13 +242,17 @@ class KernelEvent:
     flags: int
     comm: str
     mm_id: int = 0
-    rss_after_pages: int = 0
+    rss_after_pages: int = 0  # VmRSS: file + anon + shmem
+    rss_file_pages: int = 0
+    rss_anon_pages: int = 0
+    rss_shmem_pages: int = 0
     hiwater_rss_pages: int = 0
     hwm_before_pages: int = 0  # HWM records: VmHWM of the previous one
     rss_member: int = -1
-    aux: int = 0  # FORK: the parent; EXEC: the thread that called exec
+    aux: int = 0  # FORK: the parent; EXEC: the thread that called exec; EXIT: the exit code;
+    # OOM: the task whose allocation failed
     folded_rises: int = 0  # --min-delta: VmPeak rises this record's peak covers
-    lost: int = 0  # EXIT: records of this process that found no room
+    lost: int = 0  # records of this process that found no room, so far
     file: MappedFile | None = None
     user_stack: UserStack | None = None
 
@@ -318,7 +325,7 @@ def decode_event(data: bytes) -> KernelEvent:
     kind = _KINDS.get(v[4])
     if kind is None:
         raise DecodeError(f"unknown record kind {v[4]}")
-    flags = v[29]
+    flags = v[31]
     args = v[7:13]
     file = None
     stack = None
@@ -352,15 +359,18 @@ def decode_event(data: bytes) -> KernelEvent:
         stack_vm_before_pages=v[17],
         stack_vm_after_pages=v[18],
         peak_before_pages=v[19],
-        rss_after_pages=v[23],
-        hiwater_rss_pages=v[24],
-        hwm_before_pages=v[25],
-        aux=v[26],
-        folded_rises=v[27],
-        rss_member=v[28],
+        rss_after_pages=v[23] + v[24] + v[25],
+        rss_file_pages=v[23],
+        rss_anon_pages=v[24],
+        rss_shmem_pages=v[25],
+        hiwater_rss_pages=v[26],
+        hwm_before_pages=v[27],
+        aux=v[28],
+        folded_rises=v[29],
+        rss_member=v[30],
         flags=flags,
-        lost=v[30],
-        comm=v[31].split(b"\0", 1)[0].decode("utf-8", "replace"),
+        lost=v[32],
+        comm=v[33].split(b"\0", 1)[0].decode("utf-8", "replace"),
         file=file,
         user_stack=stack,
     )

@@ -66,6 +66,18 @@ class KernelSurvey:
     def missing_tracepoints(self) -> list[str]:
         return missing_tracepoints(self.tracefs, LIFECYCLE_TRACEPOINTS + LOCK_TRACEPOINTS)
 
+    @cached_property
+    def oom_victim(self) -> str | None:
+        """What oom:mark_victim passes: "task" (6.7+: the victim's task_struct, whose
+        format has its counters) or "pid" (before); None without the tracepoint."""
+        fmt = os.path.join(self.tracefs, "events", "oom", "mark_victim", "format")
+        try:
+            with open(fmt, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return None
+        return "task" if "total_vm" in text else "pid"
+
     @property
     def have_task_pt_regs(self) -> bool:
         return kernel_version(self.release) >= TASK_PT_REGS_SINCE

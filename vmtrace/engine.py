@@ -64,6 +64,9 @@ class PeakEngine:
         now = max(change.total_vm_kb_after, change.hiwater_vm_kb_after)
         kind = change.kind
 
+        if kind == "oom":
+            # the victim's counters at the kill: facts about the end, not a change
+            return Explained("oom", change, p.vm_peak_kb, p.vm_peak_kb)
         if kind == "fork":
             # The child's own counters come with its baseline; this only says where it
             # came from.

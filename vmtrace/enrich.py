@@ -34,6 +34,7 @@ _KINDS: dict[EventKind, ChangeKind] = {
     EventKind.BASELINE: "baseline",
     EventKind.FORK: "fork",
     EventKind.HWM: "hwm",
+    EventKind.OOM: "oom",
 }
 _RSS_MEMBERS = {0: "file", 1: "anon", 2: "swap", 3: "shmem"}
 
@@ -82,6 +83,8 @@ class Enricher:
             cause = f"{member}-pages" if name is None else f"{member}-pages:{name}"
         elif ev.kind is EventKind.EXIT:
             cause = "exit"
+        elif ev.kind is EventKind.OOM:
+            cause = "oom-kill"
         elif ev.kind is EventKind.EXEC:
             cause = name if name in ("execve", "execveat") else "execve"
             self.attach(ev.pid, self._read_maps(ev.pid))
@@ -122,6 +125,11 @@ class Enricher:
             rss_member=_RSS_MEMBERS.get(ev.rss_member) if ev.kind is EventKind.HWM else None,
             parent_pid=ev.aux if ev.kind is EventKind.FORK else None,
             exec_tid=ev.aux if ev.kind is EventKind.EXEC else None,
+            rss_file_kb=ev.rss_file_pages * kp,
+            rss_anon_kb=ev.rss_anon_pages * kp,
+            rss_shmem_kb=ev.rss_shmem_pages * kp,
+            exit_code=ev.aux if ev.kind is EventKind.EXIT else None,
+            oom_trigger_pid=ev.aux if ev.kind is EventKind.OOM else None,
             mm_id=ev.mm_id,
             folded_rises=ev.folded_rises,
         )

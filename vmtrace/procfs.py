@@ -159,3 +159,20 @@ def inspect_target_quietly(pid: int, fallback: ProcessInfo) -> ProcessInfo:
         return inspect_target(pid)
     except TargetError:
         return fallback
+
+
+def read_cgroup(pid: int) -> str | None:
+    """The memory cgroup of `pid` (the v1 memory controller's path, else the v2 path), None
+    if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    by_controller = {}
+    for line in lines:
+        _id, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        by_controller[controllers] = path
+    memory = next((p for c, p in by_controller.items() if "memory" in c.split(",")), None)
+    return memory or by_controller.get("") or None

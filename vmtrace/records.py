@@ -11,8 +11,10 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Literal
 
-ChangeKind = Literal["change", "exec", "exit", "baseline", "fork", "hwm"]
-RecordType = Literal["baseline", "peak", "latch", "grow", "shrink", "exec", "exit", "fork", "hwm"]
+ChangeKind = Literal["change", "exec", "exit", "baseline", "fork", "hwm", "oom"]
+RecordType = Literal[
+    "baseline", "peak", "latch", "grow", "shrink", "exec", "exit", "fork", "hwm", "oom"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,11 @@ class Change:
     rss_member: str | None = None  # hwm: which counter grew (file, anon, shmem)
     parent_pid: int | None = None  # fork: the traced parent
     exec_tid: int | None = None  # exec: the thread that called it (now the leader)
+    rss_file_kb: int = 0  # RSS by kind (rss_kb is their sum)
+    rss_anon_kb: int = 0
+    rss_shmem_kb: int = 0
+    exit_code: int | None = None  # exit: the kernel's exit code (status << 8 | signal)
+    oom_trigger_pid: int | None = None  # oom: whose allocation made the kernel kill
     mm_id: int = 0  # the address space: records of an earlier image have another one
     folded_rises: int = 0  # --min-delta: smaller VmPeak rises this peak covers
 

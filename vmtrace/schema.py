@@ -6,6 +6,7 @@ logged cannot disagree.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -216,9 +217,11 @@ def exit_record(
     last: Explained | None,
     exit_status: int | None = None,
     kernel: dict[str, Any] | None = None,
+    ended: dict[str, Any] | None = None,
 ) -> Record:
     """`vm_peak_kb` is the kernel's final value when taskstats gave one (`kernel`), else the
-    one rebuilt from events; `expected_vm_peak_kb` and `match` compare the two."""
+    one rebuilt from events; `expected_vm_peak_kb` and `match` compare the two. `ended`:
+    how the process ended (`ended_dict`)."""
     c = last.change if last else None
     expected = vm_peak_kb
     if kernel is not None:
@@ -242,6 +245,60 @@ def exit_record(
         match=None if kernel is None or expected is None else expected == vm_peak_kb,
         vm_hwm_kb=kernel["hiwater_rss_kb"] if kernel else (c.hwm_kb if c else None),
         taskstats=kernel,
+        ended=ended,
+    )
+    return rec
+
+
+def ended_dict(exit_code: int | None, oom_killed: bool = False) -> dict[str, Any] | None:
+    """How a process ended, from the kernel's exit code (status << 8 | signal)."""
+    if exit_code is None:
+        return None
+    sig = exit_code & 0x7F
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        how = "oom-kill" if oom_killed and sig == signal.SIGKILL else "signal"
+        return {"how": how, "signal": sig, "name": name}
+    return {"how": "exit", "code": (exit_code >> 8) & 0xFF}
+
+
+def oom_record(
+    e: Explained,
+    clock: WallClock,
+    *,
+    vm_peak_kb: int | None,
+    vm_hwm_kb: int | None,
+    cgroup: str | None,
+    rises: Sequence[Explained],
+    largest: Sequence[Mapping],
+) -> Record:
+    """The OOM killer's victim at the kill: its counters from the kernel, what it had
+    become, the last rises of its VmPeak with their causes, and its largest mappings."""
+    c = e.change
+    rec = _common(
+        "oom",
+        clock,
+        c.ts_ns,
+        pid=c.pid,
+        tid=c.tid,
+        comm=c.comm,
+        total_before=c.total_vm_kb_before,
+        total_after=c.total_vm_kb_after,
+        vm_peak=vm_peak_kb,
+        hiwater=c.hiwater_vm_kb_after,
+    )
+    rec.update(
+        cgroup=cgroup,
+        trigger_pid=c.oom_trigger_pid,
+        rss_kb=c.rss_kb,
+        rss_kb_by_kind={"anon": c.rss_anon_kb, "file": c.rss_file_kb, "shmem": c.rss_shmem_kb},
+        hwm_kb=max(c.hwm_kb, vm_hwm_kb or 0),
+        last_rises=[explained_record(r, clock) for r in rises],
+        largest_mappings=[dict(mapping_dict(m), size_kb=m.size // 1024) for m in largest],
+        mm_id=hex(c.mm_id) if c.mm_id else None,
     )
     return rec
 

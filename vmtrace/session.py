@@ -154,6 +154,7 @@ class BccSession:
         config: TraceConfig | None = None,
         max_targets: int = 1024,
         stack_bytes: int = DEFAULT_STACK_BYTES,
+        oom_victim: str | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ProbeError(f"failed to build backend {backend}: unknown backend")
@@ -165,12 +166,13 @@ class BccSession:
         self._kernel_source = kernel_source
         self._have_task_pt_regs = have_task_pt_regs
         self._ring_pages = ring_pages
-        if stack_bytes <= 0 or stack_bytes % STACK_CHUNK or stack_bytes > MAX_STACK_BYTES:
+        if stack_bytes < 0 or stack_bytes % STACK_CHUNK or stack_bytes > MAX_STACK_BYTES:
             raise ProbeError(
                 f"failed to build the {backend} backend: a stack snapshot of {stack_bytes} bytes "
-                f"(fix: a multiple of {STACK_CHUNK} up to {MAX_STACK_BYTES})"
+                f"(fix: 0, or a multiple of {STACK_CHUNK} up to {MAX_STACK_BYTES})"
             )
         self._stack_bytes = stack_bytes
+        self._oom_victim = oom_victim
         self.config = config or TraceConfig()
         self._max_targets = max_targets
         self._bpf: Any = None
@@ -183,13 +185,19 @@ class BccSession:
             *self._offsets.cflags(),
             f"-DVMT_RINGBUF_PAGES={self._ring_pages}",
             f"-DVMT_VITAL_PAGES={DEFAULT_VITAL_PAGES}",
-            f"-DVMT_STACK_BYTES={self._stack_bytes}",
+            f"-DVMT_STACK_BYTES={self._stack_bytes or STACK_CHUNK}",
             f"-DVMT_WAKEUP_EVERY={WAKEUP_EVERY}",
             f"-DVMT_MAX_TARGETS={int(self._max_targets)}",
             "-Wno-macro-redefined",
         ]
         if self.config.hwm_step_pages:
             cflags.append("-DVMT_TRACE_RSS=1")
+        if self._stack_bytes == 0:
+            cflags.append("-DVMT_NO_STACKS=1")
+        if self._oom_victim is not None:
+            cflags.append("-DVMT_TRACE_OOM=1")
+            if self._oom_victim == "task":
+                cflags.append("-DVMT_OOM_TASK_ARG=1")
         if self._have_task_pt_regs:
             cflags.append("-DVMT_HAVE_TASK_PT_REGS=1")
         if self.config.cgroup_id:

@@ -156,6 +156,16 @@ def describe_call(rec: Record) -> str:
     return f"{sc or cause}(){ret_s}"
 
 
+def describe_end(ended: dict[str, Any] | None) -> str:
+    """`, killed by SIGKILL (OOM killer)`, `, exit status 3`, or nothing when unknown."""
+    if not ended:
+        return ""
+    if ended["how"] == "exit":
+        return f", exit status {ended['code']}"
+    oom = " (OOM killer)" if ended["how"] == "oom-kill" else ""
+    return f", killed by {ended['name']}{oom}"
+
+
 def describe_mapping(rec: Record) -> str:
     m = rec.get("mapping")
     if not m:
@@ -239,7 +249,10 @@ class ConsoleSink:
             shown = f"{human_kb(peak)} [{peak} kB]" if peak is not None else "unknown"
             lines.append(
                 f"{self._t(rec)} EXIT  pid {rec['pid']} {rec['comm']}: final VmPeak {shown}"
+                f"{describe_end(rec.get('ended'))}"
             )
+        elif t == "oom":
+            lines += self._oom(rec)
         elif t == "end":
             lines += self._summary(rec)
         elif self._verbose and t in ("grow", "shrink", "baseline"):
@@ -255,6 +268,35 @@ class ConsoleSink:
             )
         if lines:
             self._out.write("\n".join(lines) + "\n")
+
+    def _oom(self, rec: Record) -> list[str]:
+        by = rec["rss_kb_by_kind"]
+        lines = [
+            f"{self._t(rec)} OOM   pid {rec['pid']} {rec['comm']} killed by the OOM killer"
+            + (f" in cgroup {rec['cgroup']}" if rec.get("cgroup") else ""),
+            f"    at the kill: RSS {human_kb(rec['rss_kb'])} (anon {human_kb(by['anon'])}, "
+            f"file {human_kb(by['file'])}, shmem {human_kb(by['shmem'])}), total_vm "
+            f"{human_kb(rec['total_vm_kb_after'])}; VmPeak {human_kb(rec['vm_peak_kb'] or 0)}, "
+            f"VmHWM {human_kb(rec['hwm_kb'])}",
+        ]
+        if rec["last_rises"]:
+            lines.append("    its last VmPeak rises:")
+            for r in rec["last_rises"]:
+                rise = r["vm_peak_kb"] - r["vm_peak_kb_before"]
+                lines.append(
+                    f"      +{human_kb(rise)} to {human_kb(r['vm_peak_kb'])}  "
+                    f"{describe_call(r)}{describe_mapping(r)}  tid {r['tid']}"
+                )
+                frames = r.get("stack") or []
+                lines += [f"          #{i} {frame}" for i, frame in enumerate(frames[:3])]
+        if rec["largest_mappings"]:
+            lines.append("    its largest mappings:")
+            lines += [
+                f"      {human_kb(m['size_kb']):>10}  {m['path']} {m['start']}-{m['end']} "
+                f"{m['perms']}"
+                for m in rec["largest_mappings"]
+            ]
+        return lines
 
     def _summary(self, rec: Record) -> list[str]:
         lines = [

@@ -13,6 +13,7 @@ import pwd
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -35,13 +36,15 @@ from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
-from vmtrace.records import Explained, ProcStatus
+from vmtrace.records import Explained, Mapping, ProcStatus
 from vmtrace.session import MAX_BATCH, BccSession
 from vmtrace.sinks import Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
 
 POLL_MS = 100
+OOM_RISES = 5  # VmPeak rises an OOM record recalls
+OOM_MAPPINGS = 5  # largest mappings it lists
 Log = Callable[[str], None]
 
 
@@ -61,6 +64,7 @@ class TraceOptions:
     min_delta: int = 0  # bytes
     all_events: bool = False
     hwm_step: int = 0  # bytes; 0: no VmHWM records
+    stack_bytes: int = 16384  # user stack copied per vital record; 0: none
 
     @property
     def discovers(self) -> bool:
@@ -107,6 +111,8 @@ class Tracer:
         self.backend_reason = ""
         self.output_error: OutputError | None = None
         self._stop = _Stop()
+        self._rises: dict[int, deque[Explained]] = {}
+        self._oom_killed: set[int] = set()
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -143,6 +149,8 @@ class Tracer:
                 c.plan,
                 config=config,
                 max_targets=max_targets,
+                stack_bytes=self.opts.stack_bytes,
+                oom_victim=survey.oom_victim,
             )
             for c in usable
         ]
@@ -396,11 +404,37 @@ class Tracer:
             if ev.kind is EventKind.EXEC:
                 fresh = procfs.inspect_target_quietly(ev.pid, target.info)
                 target.info = dataclasses.replace(fresh, comm=ev.comm)
+            if ev.kind is EventKind.OOM:
+                self._oom(explained)
+                continue
             target.last = explained
+            if explained.type == "peak":
+                self._rises.setdefault(ev.pid, deque(maxlen=OOM_RISES)).append(explained)
             if ev.kind is EventKind.EXIT:
                 self._exited(ev.pid, "bpf", ev.ts_ns)
             else:
                 self._emit(schema.explained_record(explained, self.clock))
+
+    def _oom(self, explained: Explained) -> None:
+        """The OOM killer chose a traced process: what it had become and why, written and
+        flushed at once (the machine may not last)."""
+        pid = explained.change.pid
+        self._oom_killed.add(pid)
+        largest: list[Mapping] = []
+        if self.enricher is not None:
+            largest = sorted(self.enricher.shadow(pid).mappings(), key=lambda m: -m.size)
+        self._emit(
+            schema.oom_record(
+                explained,
+                self.clock,
+                vm_peak_kb=self.engine.expected_vm_peak_kb(pid),
+                vm_hwm_kb=self.engine.vm_hwm_kb(pid),
+                cgroup=procfs.read_cgroup(pid),
+                rises=list(self._rises.get(pid, ())),
+                largest=largest[:OOM_MAPPINGS],
+            )
+        )
+        self._flush()
 
     def _sample(self) -> None:
         assert self.session is not None
@@ -530,6 +564,10 @@ class Tracer:
                 "hiwater_rss_kb": final.hiwater_rss_kb,
                 "exit_code": final.exit_code,
             }
+        code = target.last.change.exit_code if target.last is not None else None
+        if code is None and final is not None:
+            code = final.exit_code
+        ended = schema.ended_dict(code, pid in self._oom_killed)
         self._emit(
             schema.exit_record(
                 self.clock,
@@ -541,8 +579,10 @@ class Tracer:
                 target.last,
                 exit_status,
                 kernel,
+                ended,
             )
         )
+        self._rises.pop(pid, None)
         if self.session is not None:
             self.session.remove_target(pid)
         if self.enricher is not None:

@@ -11,6 +11,7 @@
  *   kernelload thread-exec MIB  maps MIB MiB, then a second thread execve()s `kernelload report`
  *   kernelload report           maps 4 MiB, reports its VmPeak and exits
  *   kernelload brk KIB COUNT    grows the heap COUNT times by KIB KiB with sbrk, then reports
+ *   kernelload grow MIB         maps and touches MIB MiB at a time, for ever (until killed)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -154,7 +155,15 @@ int main(int argc, char **argv)
 		report("brk-done", count);
 		return 0;
 	}
+	if (!strcmp(mode, "grow") && argc > 2) {
+		long mib = atol(argv[2]);
+		report("grow-start", mib);
+		for (;;) {
+			map_touched(mib);
+			report("grew", mib);
+		}
+	}
 	fprintf(stderr, "usage: kernelload readers N | execveat MIB | thread-exec MIB | report | "
-			"brk KIB COUNT\n");
+			"brk KIB COUNT | grow MIB\n");
 	return 2;
 }

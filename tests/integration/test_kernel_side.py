@@ -7,12 +7,19 @@ The expectations are what tests/integration/kernelload.c read from its own
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import build_c, of, run_traced
+from tests.integration._require import require
+from tests.integration.conftest import build_c, of, read_jsonl, run_traced, start_vmtrace
 
 pytestmark = pytest.mark.bpf
 
@@ -102,8 +109,83 @@ def test_min_delta_sees_slow_growth(kernelload: Path, tmp_path: Path) -> None:
     pid = start["pid"]
     peaks = [p for p in of(records, "peak", pid) if p["cause"] == "brk"]
     assert len(peaks) >= 4, peaks
-    for a, b in zip(peaks, peaks[1:], strict=False):
+    for a, b in itertools.pairwise(peaks):
         assert b["vm_peak_kb"] - a["vm_peak_kb"] >= 64 * 1024
         assert b["rises_covered"] >= 64 * 1024 // 128 - 1, b
     assert done["vm_peak_kb"] - peaks[-1]["vm_peak_kb"] < 64 * 1024
     assert peaks[-1]["vm_peak_kb"] > start["vm_peak_kb"] + 4 * 64 * 1024
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A fresh memory cgroup limited to 200 MiB without swap (v1 or v2, what the machine has)."""
+    limit = str(200 << 20)
+    v1 = Path("/sys/fs/cgroup/memory")
+    v2 = next((m for m in _cgroup2_mounts() if "memory" in _read(m / "cgroup.controllers")), None)
+    if (v1 / "memory.limit_in_bytes").exists():
+        cg = v1 / f"vmtrace-oom-{os.getpid()}"
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(limit)
+    elif v2 is not None:
+        with contextlib.suppress(OSError):
+            (v2 / "cgroup.subtree_control").write_text("+memory")
+        cg = v2 / f"vmtrace-oom-{os.getpid()}"
+        cg.mkdir()
+        (cg / "memory.max").write_text(limit)
+        with contextlib.suppress(OSError):
+            (cg / "memory.swap.max").write_text("0")
+    else:
+        require(False, "no memory cgroup controller (v1 or v2) on this machine")
+        return
+    try:
+        yield cg
+    finally:
+        for _ in range(50):  # the killed process leaves the cgroup as it is reaped
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _cgroup2_mounts() -> Iterator[Path]:
+    for line in _read(Path("/proc/mounts")).splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[2] == "cgroup2":
+            yield Path(parts[1])
+
+
+def test_oom_kill_is_explained(kernelload: Path, memory_cgroup: Path, tmp_path: Path) -> None:
+    """GIVEN a process that grows 16 MiB at a time in a 200 MiB memory cgroup until the OOM
+    killer kills it
+    THEN an `oom` record names it, with its RSS by kind at the kill, its last VmPeak rises
+    with their causes and its largest mappings, and its exit record says it was OOM-killed."""
+    log = tmp_path / "log.jsonl"
+    script = f'echo $$ > {memory_cgroup}/cgroup.procs && exec {kernelload} grow 16'
+    vmt = start_vmtrace(["run", "-o", str(log), "--", "/bin/sh", "-c", script], tmp_path)
+    vmt.wait()
+    records = read_jsonl(log)
+    reports = [json.loads(ln) for ln in vmt.stdout().splitlines() if ln.startswith('{"what"')]
+    last = reports[-1]
+    pid = last["pid"]
+    (oom,) = of(records, "oom", pid)
+    assert oom["rss_kb_by_kind"]["anon"] > 150 * 1024, oom
+    assert oom["rss_kb"] == sum(oom["rss_kb_by_kind"].values())
+    assert oom["vm_peak_kb"] >= last["vm_peak_kb"]
+    assert memory_cgroup.name in (oom["cgroup"] or ""), oom["cgroup"]
+    rises = oom["last_rises"]
+    assert rises and rises[-1]["cause"] == "mmap", rises
+    assert rises[-1]["vm_peak_kb"] >= last["vm_peak_kb"]
+    assert oom["largest_mappings"][0]["size_kb"] >= 16 * 1024
+    # the oom record comes before the exit, and the exit says how it ended
+    (exit_rec,) = of(records, "exit", pid)
+    assert records.index(oom) < records.index(exit_rec)
+    assert exit_rec["ended"] == {"how": "oom-kill", "signal": 9, "name": "SIGKILL"}, exit_rec
+    assert "OOM" in vmt.stdout() and "killed by SIGKILL (OOM killer)" in vmt.stdout()

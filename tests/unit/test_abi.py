@@ -185,15 +185,15 @@ def test_user_stack_header_matches() -> None:
 def test_struct_layout_expected_numbers() -> None:
     """The layout written out, so that a change to both sides at once is still noticed."""
     offsets, size = c_layout(parse_struct(header_text(), "vmt_event"))
-    assert size == 232 == abi.EVENT_SIZE
+    assert size == 248 == abi.EVENT_SIZE
     assert offsets["mm_id"] == 8
     assert offsets["ret"] == 32
     assert offsets["args"] == 40
     assert offsets["total_vm_before"] == 88
     assert offsets["area_addr"] == 152
-    assert offsets["aux"] == 192
-    assert offsets["flags"] == 208
-    assert offsets["comm"] == 216
+    assert offsets["aux"] == 208
+    assert offsets["flags"] == 224
+    assert offsets["comm"] == 232
     assert abi.FILE_SIZE == 24 + 16 * 64
 
 
@@ -259,7 +259,9 @@ def packed(**overrides: object) -> bytes:
         peak_before=1001,
         flags=abi.FLAG_HAS_RET,
         comm=b"my worker",
-        rss_after=310,
+        rss_file=100,
+        rss_anon=200,
+        rss_shmem=10,
         hiwater_rss=305,
         hwm_before=300,
         rss_member=1,
@@ -303,6 +305,9 @@ def test_round_trip() -> None:
         flags=abi.FLAG_HAS_RET,
         comm="my worker",
         rss_after_pages=310,
+        rss_file_pages=100,
+        rss_anon_pages=200,
+        rss_shmem_pages=10,
         hiwater_rss_pages=305,
         hwm_before_pages=300,
         rss_member=1,
@@ -395,7 +400,7 @@ def test_short_buffer_raises() -> None:
         abi.decode_event(b"")
 
 
-@pytest.mark.parametrize("kind", [0, 8, 0xFFFFFFFF])
+@pytest.mark.parametrize("kind", [0, 9, 0xFFFFFFFF])
 def test_unknown_kind_raises(kind: int) -> None:
     with pytest.raises(abi.DecodeError, match=f"unknown record kind {kind}"):
         abi.decode_event(packed(kind=kind))

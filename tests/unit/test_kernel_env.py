@@ -322,6 +322,7 @@ def _kernel_btf(path: Path) -> None:
         "task_struct",
         2048,
         [("stack", ptr, 256), ("mm", ptr, 9088), ("pid", pid_t, 10112), ("tgid", pid_t, 10144),
+         ("comm", ulong, 1500 * 8), ("exit_code", pid_t, 1200 * 8),
          ("files", ptr, 1824 * 8), ("signal", ptr, 1848 * 8)],
     )  # fmt: skip
     b.add_composite(t.STRUCT, "linux_binprm", 256, [("filename", ptr, 96 * 8)])
@@ -363,7 +364,8 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
     _kernel_btf(btf)
     offsets = read_offsets(str(btf), str(tmp_path / "no-config"), machine="x86_64")
     assert offsets == KernelOffsets(
-        task_mm=1136, task_stack=32, task_tgid=1268, mm_rss_stat=960, rss_stride=40,
+        task_mm=1136, task_stack=32, task_tgid=1268, task_pid=1264, task_comm=1500,
+        task_exit_code=1200, mm_rss_stat=960, rss_stride=40,
         rss_count=8, mm_total_vm=360, mm_hiwater_vm=352, mm_stack_vm=400,
         mm_hiwater_rss=344, pt_regs_size=168, pt_regs_orig_ax=120, pt_regs_di=112,
         pt_regs_si=104, pt_regs_dx=96, pt_regs_r10=56, pt_regs_r8=72, pt_regs_r9=64,

@@ -78,7 +78,7 @@ def common_options(f: F) -> F:
             default="auto",
             show_default=True,
             help="How to observe the kernel; auto takes the best that attaches "
-            "(fentry, kprobe, tracepoint) and says which and why.",
+            "(tracepoint, fentry, kprobe) and says which and why.",
         ),
         click.option(
             "-d",
@@ -123,6 +123,15 @@ def common_options(f: F) -> F:
             metavar="SIZE",
             help="Explain VmHWM (peak RSS) too, one record each time it grows by SIZE "
             "(e.g. 1M; off by default: it probes every RSS change).",
+        ),
+        click.option(
+            "--stack-bytes",
+            type=SIZE,
+            default="16K",
+            show_default=True,
+            metavar="SIZE",
+            help="User stack copied by the kernel for each peak, latch and HWM record, to "
+            "unwind its call chain (0: none; a multiple of 512 up to 64K).",
         ),
         click.option(
             "--rotate",

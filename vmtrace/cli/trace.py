@@ -28,6 +28,7 @@ def trace(
     min_delta: int = 0,
     all_events: bool = False,
     hwm_step: int = 0,
+    stack_bytes: int = 16384,
     rotate: int = 0,
     comms: tuple[str, ...] = (),
     cgroup: str | None = None,
@@ -46,6 +47,7 @@ def trace(
         min_delta=min_delta,
         all_events=all_events,
         hwm_step=hwm_step,
+        stack_bytes=stack_bytes,
         verbose=verbose,
         argv=sys.argv,
     )

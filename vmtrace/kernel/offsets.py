@@ -26,6 +26,9 @@ _MEMBERS: dict[str, tuple[str, str]] = {
     "task_mm": ("task_struct", "mm"),
     "task_stack": ("task_struct", "stack"),
     "task_tgid": ("task_struct", "tgid"),
+    "task_pid": ("task_struct", "pid"),
+    "task_comm": ("task_struct", "comm"),
+    "task_exit_code": ("task_struct", "exit_code"),
     "mm_rss_stat": ("mm_struct", "rss_stat"),
     "mm_total_vm": ("mm_struct", "total_vm"),
     "mm_hiwater_vm": ("mm_struct", "hiwater_vm"),
@@ -73,6 +76,9 @@ class KernelOffsets:
     task_mm: int
     task_stack: int
     task_tgid: int
+    task_pid: int
+    task_comm: int
+    task_exit_code: int
     mm_rss_stat: int
     rss_stride: int
     rss_count: int
