@@ -1,0 +1,414 @@
+"""The user-space unwinder on real stack snapshots of programs built here (no root, no BPF).
+
+tests/fixtures/unwind/stackshot.c records its own registers, stack bytes and /proc/self/maps
+at a known point of a known call chain, exactly what the kernel side captures; each test unwinds
+that snapshot offline and checks the chain against the source and against binutils' view of the
+binary (nm, objdump, readelf, addr2line).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import re
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from vmtrace.procfs import parse_maps
+from vmtrace.records import Mapping
+from vmtrace.unwind import Frame, Unwinder, UserStack
+from vmtrace.unwind import elf as unwind_elf
+from vmtrace.unwind.cfi import RIP, RSP, RuleKind
+
+SOURCE = Path(__file__).resolve().parents[1] / "fixtures" / "unwind" / "stackshot.c"
+CHAIN = ["snap", "leaf", "f3", "f2", "f1", "main"]
+# What may follow main: glibc's start code (named when libc's symbols or debug file name it)
+# and the executable's _start.
+START_CODE = {None, "__libc_start_call_main", "__libc_start_main", "__libc_start_main_impl",
+              "_start"}
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+
+NO_CFI = ["-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]
+BUILDS: dict[str, list[str]] = {
+    "pie": ["-O2", "-fomit-frame-pointer", "-g"],
+    "nopie": ["-O2", "-fomit-frame-pointer", "-no-pie", "-fno-pie"],
+    "fp": ["-O2", "-fno-omit-frame-pointer", *NO_CFI],
+    "debugframe": ["-O2", "-fomit-frame-pointer", "-g", "-fno-asynchronous-unwind-tables"],
+}
+
+
+@dataclass(frozen=True)
+class Shot:
+    binary: Path
+    stack: UserStack
+    maps: list[Mapping]
+
+    def find(self, addr: int) -> Mapping | None:
+        starts = [m.start for m in self.maps]
+        i = bisect.bisect_right(starts, addr) - 1
+        return self.maps[i] if i >= 0 and addr < self.maps[i].end else None
+
+
+def _run(args: list[str]) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stackshot")
+    out: dict[str, Path] = {}
+    for name, flags in BUILDS.items():
+        binary = root / name / "stackshot"
+        binary.parent.mkdir()
+        _run(["gcc", *flags, "-o", str(binary), str(SOURCE)])
+        out[name] = binary
+    # The .debug_frame build split the way distributions ship it: the CFI and symbols only in a
+    # separate file that .gnu_debuglink names.
+    split = root / "split" / "stackshot"
+    split.parent.mkdir()
+    shutil.copy(out["debugframe"], split)
+    _run(["objcopy", "--only-keep-debug", str(split), str(split) + ".debug"])
+    _run(["strip", "--strip-all", str(split)])
+    _run(["objcopy", f"--add-gnu-debuglink={split}.debug", str(split)])
+    out["split"] = split
+    return out
+
+
+def snapshot(binary: Path, mode: str, tmp_path: Path) -> Shot:
+    out = tmp_path / f"{binary.parent.name}-{mode}.snap"
+    subprocess.run([str(binary), str(out), mode], check=True, timeout=30)
+    raw = out.read_bytes()
+    assert raw[:8] == b"VMTSNAP1"
+    ip, sp, bp, length = struct.unpack_from("<4Q", raw, 8)
+    data = raw[40 : 40 + length]
+    maps = parse_maps(raw[40 + length :].decode())
+    return Shot(binary, UserStack(ip=ip, sp=sp, bp=bp, data=data), maps)
+
+
+@pytest.fixture
+def unwinder(tmp_path: Path) -> Unwinder:
+    return Unwinder(tmp_path / "cache")
+
+
+def names(frames: list[Frame]) -> list[str | None]:
+    return [f.function for f in frames]
+
+
+def nm(binary: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in _run(["nm", "--defined-only", str(binary)]).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            out[parts[2]] = int(parts[0], 16)
+    return out
+
+
+def is_libc(frame: Frame) -> bool:
+    return frame.module is not None and Path(frame.module).name.startswith("libc.so")
+
+
+def check_tail(frames: list[Frame], binary: Path) -> None:
+    """After main: glibc's start code, then possibly the executable's _start, nothing else."""
+    assert frames, "the chain stops at main"
+    for f in frames:
+        assert f.function in START_CODE, f
+        assert is_libc(f) or (f.function == "_start" and f.module == str(binary)), f
+
+
+def check_against_binutils(frames: list[Frame], binary: Path, symbols_from: Path) -> None:
+    """module_offset is what addr2line takes, and function+offset agrees with nm."""
+    table = nm(symbols_from)
+    own = [f for f in frames if f.module == str(binary)]
+    assert own
+    for f in own:
+        assert f.function is not None and f.offset is not None and f.module_offset is not None
+        assert f.module_offset - table[f.function] == f.offset, f
+        lookup = f.module_offset - (0 if f is frames[0] else 1)
+        named = _run(["addr2line", "-f", "-e", str(symbols_from), hex(lookup)]).splitlines()[0]
+        assert named == f.function
+
+
+# ---------------------------------------------------------------------------- whole chains
+
+
+@pytest.mark.parametrize("build", ["pie", "nopie", "debugframe"])
+def test_chain_through_cfi(build: str, builds: dict[str, Path], tmp_path: Path,
+                           unwinder: Unwinder) -> None:
+    shot = snapshot(builds[build], "chain", tmp_path)
+    frames = unwinder.unwind(shot.stack, shot.find)
+    assert names(frames)[:6] == CHAIN
+    check_tail(frames[6:], shot.binary)
+    check_against_binutils(frames, shot.binary, shot.binary)
+    assert frames[0].address == shot.stack.ip
+
+
+def test_source_lines_where_dwarf_has_them(builds: dict[str, Path], tmp_path: Path,
+                                           unwinder: Unwinder) -> None:
+    shot = snapshot(builds["pie"], "chain", tmp_path)
+    frames = unwinder.unwind(shot.stack, shot.find)
+    text = SOURCE.read_text().splitlines()
+    for f in frames[1:6]:
+        assert f.file is not None and f.file.endswith("stackshot.c") and f.line is not None
+        # A return address's line is the line of the call: it names the callee.
+        callee = CHAIN[frames.index(f) - 1]
+        assert re.search(rf"\b{callee}\(", text[f.line - 1]), (f, text[f.line - 1])
+
+
+def test_separate_debug_file_via_debuglink(builds: dict[str, Path], tmp_path: Path,
+                                           unwinder: Unwinder) -> None:
+    """No .symtab and no CFI for the program's own code in the binary: both come from the file
+    .gnu_debuglink names."""
+    split = builds["split"]
+    assert "f1" not in nm_or_empty(split)
+    shot = snapshot(split, "chain", tmp_path)
+    frames = unwinder.unwind(shot.stack, shot.find)
+    assert names(frames)[:6] == CHAIN
+    check_tail(frames[6:], shot.binary)
+    check_against_binutils(frames, shot.binary, Path(str(split) + ".debug"))
+
+
+def nm_or_empty(binary: Path) -> dict[str, int]:
+    done = subprocess.run(["nm", "--defined-only", str(binary)], capture_output=True, text=True)
+    return nm(binary) if done.returncode == 0 else {}
+
+
+def test_frame_pointer_fallback_without_cfi(builds: dict[str, Path], tmp_path: Path,
+                                            unwinder: Unwinder) -> None:
+    binary = builds["fp"]
+    f1 = nm(binary)["f1"]
+    fde_ranges = [
+        (int(lo, 16), int(hi, 16))
+        for lo, hi in re.findall(r"FDE .* pc=([0-9a-f]+)\.\.([0-9a-f]+)", _run(
+            ["readelf", "--debug-dump=frames", str(binary)]))
+    ]
+    assert fde_ranges and not any(lo <= f1 < hi for lo, hi in fde_ranges), "f1 has CFI"
+    shot = snapshot(binary, "chain", tmp_path)
+    frames = unwinder.unwind(shot.stack, shot.find)
+    assert names(frames)[:6] == CHAIN
+    check_tail(frames[6:], shot.binary)
+    check_against_binutils(frames, shot.binary, shot.binary)
+
+
+def test_libc_frames_in_the_middle(builds: dict[str, Path], tmp_path: Path,
+                                   unwinder: Unwinder) -> None:
+    """compare() is called back by libc's qsort: the chain crosses libc and comes back."""
+    shot = snapshot(builds["pie"], "qsort", tmp_path)
+    frames = unwinder.unwind(shot.stack, shot.find)
+    got = names(frames)
+    assert got[:2] == ["snap", "compare"]
+    back = got.index("sort_some")
+    middle = frames[2:back]
+    assert middle and all(is_libc(f) for f in middle)
+    assert all(f.module_offset is not None for f in middle)
+    named = [f.function for f in middle if f.function is not None]
+    assert named and all(n.startswith(("qsort", "msort", "__qsort")) for n in named), named
+    assert got[back : back + 5] == ["sort_some", "f3", "f2", "f1", "main"]
+    check_tail(frames[back + 5 :], shot.binary)
+
+
+def test_signal_frame(builds: dict[str, Path], tmp_path: Path, unwinder: Unwinder) -> None:
+    """A snapshot in a SIGSEGV handler: through __restore_rt's rt_sigframe back to the
+    faulting instruction, which is not a return address."""
+    shot = snapshot(builds["pie"], "signal", tmp_path)
+    frames = unwinder.unwind(shot.stack, shot.find)
+    got = names(frames)
+    assert got[:2] == ["snap", "on_fault"]
+    trampoline = frames[2]
+    assert is_libc(trampoline) and trampoline.function in (None, "__restore_rt")
+    assert got[3:8] == ["fault", "f3", "f2", "f1", "main"]
+    check_tail(frames[8:], shot.binary)
+    # Frame 3 is the faulting store itself: the exact pc, inside fault().
+    store = frames[3]
+    assert store.module_offset is not None
+    disasm = _run(["objdump", "-d", f"--start-address={store.module_offset:#x}",
+                   f"--stop-address={store.module_offset + 16:#x}", str(shot.binary)])
+    first = next(ln for ln in disasm.splitlines() if re.match(r"\s+[0-9a-f]+:", ln))
+    assert "mov" in first, first
+
+
+# ---------------------------------------------------------------------------- PLT
+
+
+def plt_entry(binary: Path, symbol: str) -> int:
+    found = re.search(rf"^([0-9a-f]+) <{re.escape(symbol)}@plt>:", _run(
+        ["objdump", "-d", "-j", ".plt", "-j", ".plt.sec", str(binary)]), re.M)
+    assert found, f"no {symbol}@plt"
+    return int(found.group(1), 16)
+
+
+@pytest.mark.parametrize("into_entry", [0, 11])
+def test_plt_frame(into_entry: int, builds: dict[str, Path], tmp_path: Path,
+                   unwinder: Unwinder) -> None:
+    """The state right after sort_some's `call qsort@plt`: the PLT slot is frame 0. 11 bytes in,
+    the slot has pushed its relocation index, and the CFI's expression puts the CFA 8 bytes
+    further up; a plain rsp+8 rule would take that index for the return address."""
+    shot = snapshot(builds["pie"], "qsort", tmp_path)
+    full = unwinder.unwind(shot.stack, shot.find)
+    caller = next(f for f in full if f.function == "sort_some")
+    ret = struct.pack("<Q", caller.address)
+    at = next(i for i in range(0, len(shot.stack.data) - 7, 8)
+              if shot.stack.data[i : i + 8] == ret)
+    slot_sp = shot.stack.sp + at - (8 if into_entry >= 11 else 0)
+    text = next(m for m in shot.maps if m.path == str(shot.binary) and m.perms[2] == "x")
+    # A PIE's first PT_LOAD has vaddr 0 at file offset 0: its mapping's start is the bias.
+    bias = next(m.start for m in shot.maps if m.path == str(shot.binary) and m.offset == 0)
+    ip = bias + plt_entry(shot.binary, "qsort") + into_entry
+    assert shot.find(ip) == text
+    stack = UserStack(ip=ip, sp=slot_sp, bp=0, data=shot.stack.data[slot_sp - shot.stack.sp :])
+    frames = unwinder.unwind(stack, shot.find)
+    assert names(frames)[:6] == ["qsort@plt", "sort_some", "f3", "f2", "f1", "main"]
+    assert frames[0].offset == into_entry
+    assert frames[1:] == full[full.index(caller) :]
+
+
+# ---------------------------------------------------------------------------- stop rules
+
+
+def test_truncated_snapshots_stop_cleanly(builds: dict[str, Path], tmp_path: Path,
+                                          unwinder: Unwinder) -> None:
+    """However little of the stack was captured, the chain is a prefix of the whole one."""
+    shot = snapshot(builds["pie"], "qsort", tmp_path)
+    full = unwinder.unwind(shot.stack, shot.find)
+    lengths = []
+    for cut in range(0, len(shot.stack.data) + 8, 8):
+        stack = replace(shot.stack, data=shot.stack.data[:cut])
+        frames = unwinder.unwind(stack, shot.find)
+        assert frames == full[: len(frames)], cut
+        lengths.append(len(frames))
+    assert lengths[0] == 1 and lengths[-1] == len(full)
+    assert lengths == sorted(lengths) and len(set(lengths)) > 5
+
+
+def test_garbage_above_the_leaf_frame_is_not_followed(builds: dict[str, Path], tmp_path: Path,
+                                                      unwinder: Unwinder) -> None:
+    shot = snapshot(builds["pie"], "chain", tmp_path)
+    full = unwinder.unwind(shot.stack, shot.find)
+    rng = random.Random(7)
+    for _ in range(20):
+        noise = bytes(rng.getrandbits(8) for _ in range(len(shot.stack.data)))
+        frames = unwinder.unwind(replace(shot.stack, data=noise), shot.find)
+        assert frames == full[:1]
+
+
+def test_frame_pointer_chain_that_leaves_the_snapshot_stops(
+    builds: dict[str, Path], tmp_path: Path, unwinder: Unwinder
+) -> None:
+    shot = snapshot(builds["fp"], "chain", tmp_path)
+    full = unwinder.unwind(shot.stack, shot.find)
+    for bp in (0, shot.stack.sp - 64, shot.stack.sp + len(shot.stack.data), shot.stack.bp + 4):
+        frames = unwinder.unwind(replace(shot.stack, bp=bp), shot.find)
+        assert frames == full[:1], hex(bp)
+
+
+def test_ip_outside_executable_file_mappings(builds: dict[str, Path], tmp_path: Path,
+                                             unwinder: Unwinder) -> None:
+    shot = snapshot(builds["pie"], "chain", tmp_path)
+    data_map = next(m for m in shot.maps if m.path == str(shot.binary) and m.perms[2] != "x")
+    anon = Mapping(0x10000, 0x20000, "r-xp", "")
+    gone = Mapping(0x30000, 0x40000, "r-xp", str(tmp_path / "deleted.so"))
+    for ip, find in (
+        (data_map.start, shot.find),
+        (0x10010, lambda a: anon if anon.start <= a < anon.end else None),
+        (0x30010, lambda a: gone if gone.start <= a < gone.end else None),
+        (0x10010, lambda a: None),
+    ):
+        assert unwinder.unwind(replace(shot.stack, ip=ip), find) == []
+
+
+def test_max_frames(builds: dict[str, Path], tmp_path: Path, unwinder: Unwinder) -> None:
+    shot = snapshot(builds["pie"], "chain", tmp_path)
+    assert names(unwinder.unwind(shot.stack, shot.find, max_frames=3)) == CHAIN[:3]
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def test_decoded_objects_are_cached_on_disk(builds: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    shot = snapshot(builds["pie"], "qsort", tmp_path)
+    cache = tmp_path / "disk"
+    first = Unwinder(cache).unwind(shot.stack, shot.find)
+    pickles = sorted(p.name for p in cache.iterdir())
+    assert len(pickles) == 2 and all(p.startswith("b-") for p in pickles), pickles
+
+    def no_decode(*args: object) -> None:
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(unwind_elf, "decode_object", no_decode)
+    assert Unwinder(cache).unwind(shot.stack, shot.find) == first
+    # A pickle from another cache version is ignored, not trusted.
+    monkeypatch.setattr(unwind_elf, "CACHE_VERSION", unwind_elf.CACHE_VERSION + 1)
+    with pytest.raises(AssertionError, match="decoded again"):
+        Unwinder(cache).unwind(shot.stack, shot.find)
+
+
+def test_unwritable_cache_dir_still_unwinds(builds: dict[str, Path], tmp_path: Path) -> None:
+    shot = snapshot(builds["pie"], "chain", tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    frames = Unwinder(blocker / "cache").unwind(shot.stack, shot.find)
+    assert names(frames)[:6] == CHAIN
+
+
+# ---------------------------------------------------------------------------- big objects
+
+SYSTEM_OBJECTS = [Path("/usr/bin/python3.11"), Path("/lib/x86_64-linux-gnu/libc.so.6")]
+
+
+@pytest.mark.parametrize("path", SYSTEM_OBJECTS, ids=lambda p: p.name)
+def test_system_objects_cfi_decodes(path: Path, tmp_path: Path) -> None:
+    """Debian's python3.11 and libc (built without frame pointers): their FDEs run into rows,
+    and at each exported function's first instruction the CFA is rsp+8 with the return address
+    at CFA-8, as the call instruction left it. (FDEs of split-off .cold parts start inside their
+    parent's frame, so only FDEs that start where a function does are held to that.)"""
+    if not path.exists():
+        pytest.skip(f"{path} is not installed")
+    cache = unwind_elf.ObjectCache(tmp_path, [unwind_elf.DEBUG_ROOT])
+    obj = cache.get(str(path))
+    assert obj is not None
+    eh = obj.info.cfi[0]
+    assert eh.section == ".eh_frame" and len(eh.starts) > 1000
+    plt = [s for s in _section_ranges(path) if s[0] in (".plt", ".plt.sec", ".plt.got")]
+    exported = set()
+    for line in _run(["nm", "-D", "--defined-only", str(path)]).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "Tti":
+            exported.add(int(parts[0], 16))
+    checked = 0
+    for start in eh.starts:
+        if start not in exported or any(lo <= start < hi for _, lo, hi in plt):
+            continue
+        rules = obj.rules_at(start)
+        assert rules is not None and rules.start == start
+        row = rules.row_at(start)
+        assert row is not None
+        assert (row.cfa.reg, row.cfa.offset, row.cfa.expr) == (RSP, 8, None), hex(start)
+        ra = dict(row.regs)[RIP]
+        if ra.kind is RuleKind.UNDEFINED:  # the outermost frame: _start
+            assert start == elf_entry(path), hex(start)
+            continue
+        assert (ra.kind, ra.value) == (RuleKind.OFFSET, -8)
+        checked += 1
+    assert checked > 1000
+    assert len(obj.info.symbols) > 1000
+
+
+def _section_ranges(path: Path) -> list[tuple[str, int, int]]:
+    out = []
+    for m in re.finditer(r"\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)",
+                         _run(["readelf", "-SW", str(path)])):
+        out.append((m.group(1), int(m.group(2), 16), int(m.group(2), 16) + int(m.group(3), 16)))
+    return out
+
+
+
+def elf_entry(path: Path) -> int:
+    found = re.search(r"Entry point address:\s+0x([0-9a-f]+)", _run(["readelf", "-h", str(path)]))
+    assert found
+    return int(found.group(1), 16)
