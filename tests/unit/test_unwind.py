@@ -121,6 +121,38 @@ def check_tail(frames: list[Frame], binary: Path) -> None:
         assert is_libc(f) or (f.function == "_start" and f.module == str(binary)), f
 
 
+def follows_call(frame: Frame) -> bool:
+    """objdump's view: disassembled from its symbol's start, the instruction that ends at the
+    return address is a call. Unnamed frames: the bytes before it end a call (e8 rel32, or
+    ff /2 in its 2-7 byte forms)."""
+    assert frame.module is not None and frame.module_offset is not None
+    if frame.function is not None and frame.offset is not None:
+        start = frame.module_offset - frame.offset
+        text = _run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={start:#x}",
+                     f"--stop-address={frame.module_offset:#x}", frame.module])
+        last = [ln for ln in text.splitlines() if re.match(r"\s+[0-9a-f]+:", ln)][-1]
+        return "call" in last.split(":", 1)[1]
+    with open(frame.module, "rb") as f:
+        code = f.read()
+    elf_to_file = {  # PT_LOAD vaddr -> offset, from readelf
+        int(v, 16): int(o, 16)
+        for o, v in re.findall(r"LOAD\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)",
+                               _run(["readelf", "-lW", frame.module]))
+    }
+    vaddr = max(v for v in elf_to_file if v <= frame.module_offset)
+    at = elf_to_file[vaddr] + frame.module_offset - vaddr
+    before = code[at - 8 : at]
+    return before[3] == 0xE8 or any(
+        before[8 - n] == 0xFF and (before[9 - n] >> 3) & 7 == 2 for n in range(2, 8))
+
+
+def check_return_addresses(frames: list[Frame], exact: frozenset[int] = frozenset()) -> None:
+    """Every frame after the first is a return address (or an exact pc a signal interrupted)."""
+    for i, f in enumerate(frames[1:], 1):
+        if i not in exact:
+            assert follows_call(f), f
+
+
 def check_against_binutils(frames: list[Frame], binary: Path, symbols_from: Path) -> None:
     """module_offset is what addr2line takes, and function+offset agrees with nm."""
     table = nm(symbols_from)
@@ -145,6 +177,7 @@ def test_chain_through_cfi(build: str, builds: dict[str, Path], tmp_path: Path,
     assert names(frames)[:6] == CHAIN
     check_tail(frames[6:], shot.binary)
     check_against_binutils(frames, shot.binary, shot.binary)
+    check_return_addresses(frames)
     assert frames[0].address == shot.stack.ip
 
 
@@ -171,6 +204,7 @@ def test_separate_debug_file_via_debuglink(builds: dict[str, Path], tmp_path: Pa
     assert names(frames)[:6] == CHAIN
     check_tail(frames[6:], shot.binary)
     check_against_binutils(frames, shot.binary, Path(str(split) + ".debug"))
+    check_return_addresses(frames)
 
 
 def nm_or_empty(binary: Path) -> dict[str, int]:
@@ -193,6 +227,7 @@ def test_frame_pointer_fallback_without_cfi(builds: dict[str, Path], tmp_path: P
     assert names(frames)[:6] == CHAIN
     check_tail(frames[6:], shot.binary)
     check_against_binutils(frames, shot.binary, shot.binary)
+    check_return_addresses(frames)
 
 
 def test_libc_frames_in_the_middle(builds: dict[str, Path], tmp_path: Path,
@@ -210,6 +245,7 @@ def test_libc_frames_in_the_middle(builds: dict[str, Path], tmp_path: Path,
     assert named and all(n.startswith(("qsort", "msort", "__qsort")) for n in named), named
     assert got[back : back + 5] == ["sort_some", "f3", "f2", "f1", "main"]
     check_tail(frames[back + 5 :], shot.binary)
+    check_return_addresses(frames)
 
 
 def test_signal_frame(builds: dict[str, Path], tmp_path: Path, unwinder: Unwinder) -> None:
@@ -230,6 +266,36 @@ def test_signal_frame(builds: dict[str, Path], tmp_path: Path, unwinder: Unwinde
                    f"--stop-address={store.module_offset + 16:#x}", str(shot.binary)])
     first = next(ln for ln in disasm.splitlines() if re.match(r"\s+[0-9a-f]+:", ln))
     assert "mov" in first, first
+    # __restore_rt is entered by the kernel, not called; the others are return addresses.
+    check_return_addresses(frames, exact=frozenset({2, 3}))
+
+
+def test_python3_through_ctypes(tmp_path: Path, unwinder: Unwinder) -> None:
+    """A snapshot inside Debian's python3 (no frame pointers): python3 calls the library build
+    of stackshot.c through ctypes and libffi. The chain goes from the library through libffi,
+    _ctypes and the interpreter down to _start, every frame a return address."""
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("/usr/bin/python3 is not installed")
+    lib = tmp_path / "libstackshot.so"
+    _run(["gcc", "-O2", "-fomit-frame-pointer", "-shared", "-fPIC", "-DSTACKSHOT_LIB", "-o",
+          str(lib), str(SOURCE)])
+    out = tmp_path / "python.snap"
+    _run([str(python), "-c", f"import ctypes; ctypes.CDLL({str(lib)!r}).stackshot({str(out)!r}"
+          ".encode())"])
+    raw = out.read_bytes()
+    ip, sp, bp, length = struct.unpack_from("<4Q", raw, 8)
+    shot = Shot(lib, UserStack(ip, sp, bp, raw[40 : 40 + length]),
+                parse_maps(raw[40 + length :].decode()))
+    frames = unwinder.unwind(shot.stack, shot.find)
+    assert names(frames)[:6] == ["snap", "leaf", "f3", "f2", "f1", "stackshot"]
+    modules = [Path(f.module or "").name for f in frames]
+    interpreter = [f for f in frames if f.module == str(python.resolve())]
+    assert len(interpreter) >= 5
+    assert "_PyEval_EvalFrameDefault" in names(interpreter)
+    assert any(m.startswith("libffi") for m in modules) and any("_ctypes" in m for m in modules)
+    assert frames[-1].function == "_start" and frames[-1].module == str(python.resolve())
+    check_return_addresses(frames)
 
 
 # ---------------------------------------------------------------------------- PLT

@@ -276,6 +276,31 @@ class LoadedObject:
     _dwarf_tried: bool = False
     _lines: list[LineTable] = field(default_factory=list)
     _line_at: dict[int, tuple[str, int] | None] = field(default_factory=dict)
+    _after_call: dict[int, bool] = field(default_factory=dict)
+
+    def follows_call(self, addr: int) -> bool:
+        """Whether the code before ELF address addr ends with a call instruction, as the code
+        before a return address does: e8 rel32, or ff /2 (call through a register or memory)
+        in its 2-7 byte forms, whatever prefixes come first."""
+        if addr not in self._after_call:
+            code = self._code(addr - 8, 8)
+            self._after_call[addr] = code is not None and (
+                code[3] == 0xE8
+                or any(code[8 - n] == 0xFF and (code[9 - n] >> 3) & 7 == 2 for n in range(2, 8))
+            )
+        return self._after_call[addr]
+
+    def _code(self, addr: int, size: int) -> bytes | None:
+        for seg in self.info.segments:
+            if seg.executable and seg.vaddr <= addr and addr + size <= seg.vaddr + seg.filesz:
+                try:
+                    with open(self.path, "rb") as f:
+                        f.seek(seg.offset + addr - seg.vaddr)
+                        data = f.read(size)
+                except OSError:
+                    return None
+                return data if len(data) == size else None
+        return None
 
     def _section(self, i: int) -> _Section | None:
         if i not in self._sections:

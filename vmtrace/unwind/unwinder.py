@@ -4,8 +4,9 @@ Each step finds the CFI row for the frame's pc in the mapped file, computes the 
 caller's registers from the rows, reading saved values only from the snapshot; an object
 without CFI for that pc is stepped through its frame-pointer chain instead, every step checked.
 The walk stops at the first frame it cannot prove: memory outside the snapshot, a pc outside an
-executable file mapping, a stack pointer that does not move up, an undefined return address
-(the outermost frame). A frame that is not proven is not printed.
+executable file mapping, a stack pointer that does not move up, a "return address" that does
+not follow a call instruction in its file, an undefined return address (the outermost frame).
+A frame that is not proven is not returned.
 """
 
 from __future__ import annotations
@@ -64,9 +65,15 @@ class Unwinder:
         *,
         debug_roots: Sequence[Path] = (DEBUG_ROOT,),
         use_disk_cache: bool = True,
+        lines: bool = True,
     ) -> None:
+        """cache_dir: where decoded objects persist (default: /var/cache/vmtrace/unwind for root,
+        else $XDG_CACHE_HOME/vmtrace/unwind); debug_roots: where separate debug files live;
+        lines: look up file:line in DWARF line info (the first lookup in an object with a big
+        debug file loads its DWARF sections)."""
         directory = (cache_dir or default_cache_dir()) if use_disk_cache else None
         self.objects = ObjectCache(directory, debug_roots)
+        self.lines = lines
 
     def _object(self, mapping: Mapping | None) -> LoadedObject | None:
         if mapping is None or len(mapping.perms) < 3 or mapping.perms[2] != "x":
@@ -80,7 +87,7 @@ class Unwinder:
     ) -> Frame:
         elf_lookup = lookup - bias
         found = obj.info.symbols.lookup(elf_lookup)
-        where = obj.line_at(elf_lookup)
+        where = obj.line_at(elf_lookup) if self.lines else None
         return Frame(
             address=address,
             function=None if found is None else found[0],
@@ -123,6 +130,8 @@ class Unwinder:
             # starts at the return address itself.
             trampoline = rules is not None and rules.signal_frame and not exact
             symbol_at = pc if trampoline else lookup
+            if not exact and not trampoline and not obj.follows_call((pc - bias) & MASK64):
+                break  # not a return address: whatever led here was not a real frame
             frames.append(self._frame(pc, symbol_at, mapping, obj, bias))
             if rules is not None:
                 row = rules.row_at((lookup - bias) & MASK64)
