@@ -13,11 +13,14 @@ Registers are DWARF x86_64 numbers: 0 rax, 1 rdx, 2 rcx, 3 rbx, 4 rsi, 5 rdi, 6 
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from elftools.common.exceptions import DWARFError, ELFError
+from elftools.construct.core import ConstructError
 from elftools.dwarf.callframe import CIE, FDE, CallFrameInstruction
 from elftools.dwarf.constants import DW_CFA
 from elftools.dwarf.dwarf_expr import DWARFExprOp, DWARFExprParser
@@ -87,6 +90,14 @@ class FdeRules:
 
 class CfiError(Exception):
     """CFI that this module cannot run (an unknown opcode or DWARF operation)."""
+
+
+# What reading a damaged or unexpected file can raise, from pyelftools and its construct parser
+# down to struct: such a file is treated as one without the information, never as a crash.
+BAD_FILE: tuple[type[Exception], ...] = (
+    OSError, ELFError, DWARFError, ConstructError, CfiError, struct.error, ValueError, KeyError,
+    IndexError, AssertionError, TypeError, EOFError,
+)
 
 
 _ADVANCE = (DW_CFA.advance_loc, DW_CFA.advance_loc1, DW_CFA.advance_loc2, DW_CFA.advance_loc4)

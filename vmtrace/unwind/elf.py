@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elftools.common.exceptions import DWARFError, ELFError
+from elftools.common.exceptions import ELFError
 from elftools.dwarf.callframe import FDE, CallFrameInfo
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.dwarf.structs import DWARFStructs
@@ -32,7 +32,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
 from vmtrace.records import Mapping
-from vmtrace.unwind.cfi import CfiError, FdeRules, decode_fde
+from vmtrace.unwind.cfi import BAD_FILE, FdeRules, decode_fde
 from vmtrace.unwind.symbols import LineTable, SymbolTable, build_symbols, line_table_for
 
 # Bump when ObjectInfo or anything it holds changes shape or meaning: older pickles are ignored.
@@ -152,7 +152,7 @@ def find_debug_file(
                     return candidate
             elif _crc32(candidate) == crc:
                 return candidate
-        except (OSError, ELFError):
+        except BAD_FILE:
             continue
     return None
 
@@ -196,7 +196,7 @@ def _full_index(elf: ELFFile, path: str, section: str) -> CfiIndex | None:
                         for_eh_frame=section == ".eh_frame")
     try:
         entries = cfi.get_entries()
-    except (DWARFError, ELFError, AssertionError, ValueError, KeyError):
+    except BAD_FILE:
         return None
     rows = sorted(
         (e["initial_location"], e["initial_location"] + e["address_range"], e.offset)
@@ -316,7 +316,7 @@ class LoadedObject:
                     cfi = CallFrameInfo(io.BytesIO(sec.data()), sec["sh_size"], sec["sh_addr"],
                                         structs, for_eh_frame=index.section == ".eh_frame")
                 self._sections[i] = _Section(cfi, structs)
-            except (OSError, ELFError):
+            except BAD_FILE:
                 self._sections[i] = None
         return self._sections[i]
 
@@ -343,8 +343,7 @@ class LoadedObject:
             if not isinstance(entry, FDE):
                 return None
             return decode_fde(entry, sec.structs)
-        except (CfiError, DWARFError, ELFError, AssertionError, ValueError, KeyError,
-                IndexError, struct.error):
+        except BAD_FILE:
             return None
 
     def line_at(self, pc: int) -> tuple[str, int] | None:
@@ -367,13 +366,13 @@ class LoadedObject:
                 with open(self.info.line_path, "rb") as f:
                     elf = ELFFile(f)
                     self._dwarf = elf.get_dwarf_info() if elf.has_dwarf_info() else None
-            except (OSError, ELFError, DWARFError):
+            except BAD_FILE:
                 self._dwarf = None
         if self._dwarf is None:
             return None
         try:
             table = line_table_for(self._dwarf, pc)
-        except (DWARFError, ELFError, AssertionError, KeyError, ValueError, IndexError):
+        except BAD_FILE:
             return None
         if table is None:
             return None
@@ -419,7 +418,7 @@ class ObjectCache:
                 elf = ELFFile(f)
                 build_id = read_build_id(elf)
                 debug = find_debug_file(path, elf, build_id, self.debug_roots)
-        except (OSError, ELFError):
+        except BAD_FILE:
             return None
         if build_id:
             key = f"b-{build_id}"
@@ -434,7 +433,7 @@ class ObjectCache:
         if info is None:
             try:
                 info = decode_object(path, key, self.debug_roots)
-            except (OSError, ELFError, DWARFError):
+            except BAD_FILE:
                 return None
             self._write_disk(info)
         obj = LoadedObject(info, str(path))

@@ -13,12 +13,13 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.dwarf.lineprogram import LineProgram
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
+
+from vmtrace.unwind.cfi import BAD_FILE
 
 PLT_ENTRY = 16  # x86_64 .plt / .plt.sec slot size
 
@@ -118,8 +119,8 @@ def build_symbols(elves: Iterable[ELFFile]) -> SymbolTable:
                     unsized.append((start, rank, name, sec_end))
             for start, end, name in _plt_symbols(elf):
                 best.setdefault(start, (0, end, name))
-        except ELFError:
-            continue
+        except BAD_FILE:
+            continue  # a damaged debug file: the object's own symbols still count
     starts = sorted(best)
     for start, rank, name, sec_end in sorted(unsized):
         if start in best:
