@@ -426,11 +426,13 @@ def test_decoded_objects_are_cached_on_disk(builds: dict[str, Path], tmp_path: P
     shot = snapshot(builds["pie"], "qsort", tmp_path)
     cache = tmp_path / "disk"
     first = Unwinder(cache).unwind(shot.stack, shot.find)
-    pickles = sorted(p.name for p in cache.iterdir())
+    pickles = sorted(p.name for p in cache.iterdir() if ".object." in p.name)
     assert len(pickles) == 2 and all(p.startswith("b-") for p in pickles), pickles
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
 
     decoded: list[object] = []
     real_decode = unwind_elf.decode_object
+    real_lines = unwind_elf.line_table_for
 
     def counting_decode(*args: Any) -> unwind_elf.ObjectInfo:
         decoded.append(args[0])
@@ -439,6 +441,12 @@ def test_decoded_objects_are_cached_on_disk(builds: dict[str, Path], tmp_path: P
     monkeypatch.setattr(unwind_elf, "decode_object", counting_decode)
     assert Unwinder(cache).unwind(shot.stack, shot.find) == first
     assert decoded == []
+    # Source lines come from the disk cache as well: no DWARF is read for them.
+    monkeypatch.setattr(unwind_elf, "line_table_for", counting_decode)
+    lines = [(f.file, f.line) for f in Unwinder(cache).unwind(shot.stack, shot.find)]
+    assert decoded == [] and lines == [(f.file, f.line) for f in first]
+    assert any(line is not None for _, line in lines)
+    monkeypatch.setattr(unwind_elf, "line_table_for", real_lines)
     # A pickle from another cache version is ignored, not trusted.
     monkeypatch.setattr(unwind_elf, "CACHE_VERSION", unwind_elf.CACHE_VERSION + 1)
     assert Unwinder(cache).unwind(shot.stack, shot.find) == first

@@ -275,7 +275,11 @@ class LoadedObject:
     _dwarf: DWARFInfo | None = None
     _dwarf_tried: bool = False
     _lines: list[LineTable] = field(default_factory=list)
-    _line_at: dict[int, tuple[str, int] | None] = field(default_factory=dict)
+    # Lines already looked up, by ELF address; kept on disk too (line_store): loading an object's
+    # DWARF to find one costs a large library's debug file about half a second per process.
+    line_store: Path | None = None
+    _line_at: dict[int, tuple[str, int] | None] | None = None
+    lines_dirty: bool = False
     _after_call: dict[int, bool] = field(default_factory=dict)
 
     def follows_call(self, addr: int) -> bool:
@@ -350,9 +354,17 @@ class LoadedObject:
         """Source file and line of ELF address pc, where DWARF line info exists."""
         if self.info.line_path is None:
             return None
+        if self._line_at is None:
+            self._line_at = _read_lines(self.line_store)
         if pc not in self._line_at:
             self._line_at[pc] = self._find_line(pc)
+            self.lines_dirty = True
         return self._line_at[pc]
+
+    def save_lines(self) -> None:
+        if self.lines_dirty and self.line_store is not None and self._line_at is not None:
+            _write_atomically(self.line_store, (CACHE_VERSION, self._line_at))
+        self.lines_dirty = False
 
     def _find_line(self, pc: int) -> tuple[str, int] | None:
         for known in self._lines:
@@ -436,12 +448,20 @@ class ObjectCache:
             except BAD_FILE:
                 return None
             self._write_disk(info)
-        obj = LoadedObject(info, str(path))
+        obj = LoadedObject(info, str(path), line_store=self._file(key, "lines"))
         self._by_key[key] = obj
         return obj
 
-    def _file(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key}.v{CACHE_VERSION}.pickle"
+    def _file(self, key: str, kind: str = "object") -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{key}.{kind}.v{CACHE_VERSION}.pickle"
+
+    def save(self) -> None:
+        """Write the line lookups made since the last save (an unwind calls this)."""
+        for obj in self._by_key.values():
+            if obj.lines_dirty:
+                obj.save_lines()
 
     def _read_disk(self, key: str) -> ObjectInfo | None:
         target = self._file(key)
@@ -458,20 +478,35 @@ class ObjectCache:
         return info
 
     def _write_disk(self, info: ObjectInfo) -> None:
-        """Write atomically (a temporary file renamed over): a reader never sees half a pickle.
-        A cache that cannot be written only costs the next run a decode."""
         target = self._file(info.key)
-        if target is None:
-            return
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".pickle")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump((CACHE_VERSION, info), f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, target)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        if target is not None:
+            _write_atomically(target, (CACHE_VERSION, info))
+
+
+def _write_atomically(target: Path, value: object) -> None:
+    """A temporary file renamed over the target: a reader never sees half a pickle. A cache
+    that cannot be written only costs the next run a decode."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".pickle")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _read_lines(store: Path | None) -> dict[int, tuple[str, int] | None]:
+    if store is None:
+        return {}
+    try:
+        with store.open("rb") as f:
+            version, lines = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            ImportError):
+        return {}
+    return lines if version == CACHE_VERSION and isinstance(lines, dict) else {}

@@ -148,6 +148,7 @@ class Unwinder:
             if not _lands_in_code(caller[RIP], find_mapping):
                 break
             regs = caller
+        self.objects.save()
         return frames
 
 
