@@ -299,6 +299,20 @@ def test_python3_through_ctypes(tmp_path: Path, unwinder: Unwinder) -> None:
     check_return_addresses(frames)
 
 
+def test_thread_stack(builds: dict[str, Path], tmp_path: Path, unwinder: Unwinder) -> None:
+    """A thread's stack ends in libc's thread start (clone3 marks the return address undefined),
+    not in main."""
+    shot = snapshot(builds["pie"], "thread", tmp_path)
+    stack_map = shot.find(shot.stack.sp)
+    assert stack_map is not None and stack_map.path != "[stack]"
+    frames = unwinder.unwind(shot.stack, shot.find)
+    assert names(frames)[:6] == ["snap", "leaf", "f3", "f2", "f1", "thread_main"]
+    rest = frames[6:]
+    assert rest and all(is_libc(f) for f in rest)
+    assert {f.function for f in rest} <= {None, "start_thread", "clone3", "__clone3"}
+    check_return_addresses(frames)
+
+
 # ---------------------------------------------------------------------------- PLT
 
 
