@@ -11,7 +11,6 @@ A frame that is not proven is not returned.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +144,6 @@ class Unwinder:
             new_sp = caller[RSP]
             if new_sp is None or new_sp <= sp or not snap.lo <= new_sp <= snap.hi:
                 break
-            if not _lands_in_code(caller[RIP], find_mapping):
-                break
             regs = caller
         self.objects.save()
         return frames
@@ -167,10 +164,3 @@ def _frame_pointer_step(regs: Sequence[int | None], snap: _Snapshot) -> list[int
     out[RBP], out[RIP], out[RSP] = saved_bp, ra, bp + 16
     return out
 
-
-def _lands_in_code(pc: int | None, find_mapping: Callable[[int], Mapping | None]) -> bool:
-    if pc is None or pc == 0:
-        return False
-    m = find_mapping(pc)
-    return m is not None and len(m.perms) >= 3 and m.perms[2] == "x" and m.path.startswith("/") \
-        and os.path.exists(m.path)
