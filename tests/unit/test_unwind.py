@@ -40,6 +40,8 @@ BUILDS: dict[str, list[str]] = {
     "pie": ["-O2", "-fomit-frame-pointer", "-g"],
     "nopie": ["-O2", "-fomit-frame-pointer", "-no-pie", "-fno-pie"],
     "fp": ["-O2", "-fno-omit-frame-pointer", *NO_CFI],
+    # Code and read-only data share pages: the text mapping's offset lies in two segments.
+    "noseparate": ["-O2", "-fomit-frame-pointer", "-Wl,-z,noseparate-code"],
     "debugframe": ["-O2", "-fomit-frame-pointer", "-g", "-fno-asynchronous-unwind-tables"],
 }
 
@@ -170,7 +172,7 @@ def check_against_binutils(frames: list[Frame], binary: Path, symbols_from: Path
 # ---------------------------------------------------------------------------- whole chains
 
 
-@pytest.mark.parametrize("build", ["pie", "nopie", "debugframe"])
+@pytest.mark.parametrize("build", ["pie", "nopie", "debugframe", "noseparate"])
 def test_chain_through_cfi(build: str, builds: dict[str, Path], tmp_path: Path,
                            unwinder: Unwinder) -> None:
     shot = snapshot(builds[build], "chain", tmp_path)

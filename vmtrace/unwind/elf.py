@@ -83,7 +83,10 @@ class ObjectInfo:
 
     def bias(self, mapping: Mapping) -> int | None:
         """Load bias of mapping's file: runtime address - ELF address (0 for non-PIE code)."""
-        for seg in self.segments:
+        code = len(mapping.perms) > 2 and mapping.perms[2] == "x"
+        # Without -z separate-code, segments can share a page: an executable mapping's offset
+        # belongs to the executable segment.
+        for seg in sorted(self.segments, key=lambda s: s.executable != code):
             lo = seg.offset - seg.offset % PAGE
             if lo <= mapping.offset < seg.offset + seg.filesz:
                 return mapping.start - mapping.offset - (seg.vaddr - seg.offset)
