@@ -210,6 +210,27 @@ def test_separate_debug_file_via_debuglink(builds: dict[str, Path], tmp_path: Pa
     check_return_addresses(frames)
 
 
+def test_debug_file_by_build_id_installed_later(builds: dict[str, Path], tmp_path: Path) -> None:
+    """The debug file under ROOT/.build-id/xx/rest.debug; installed after a first run, it is
+    used by the next one although that run finds the object in the disk cache."""
+    binary = tmp_path / "bin" / "stackshot"
+    binary.parent.mkdir()
+    shutil.copy(builds["split"], binary)
+    _run(["objcopy", "--remove-section=.gnu_debuglink", str(binary)])
+    found = re.search(r"Build ID: ([0-9a-f]+)", _run(["readelf", "-n", str(binary)]))
+    assert found
+    build_id = found.group(1)
+    root, cache = tmp_path / "debug", tmp_path / "cache"
+    shot = snapshot(binary, "chain", tmp_path)
+    before = Unwinder(cache, debug_roots=[root]).unwind(shot.stack, shot.find)
+    assert before[0].function is None and before[0].module == str(binary)
+    target = root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    target.parent.mkdir(parents=True)
+    shutil.copy(str(builds["split"]) + ".debug", target)
+    after = Unwinder(cache, debug_roots=[root]).unwind(shot.stack, shot.find)
+    assert names(after)[:6] == CHAIN
+
+
 def nm_or_empty(binary: Path) -> dict[str, int]:
     done = subprocess.run(["nm", "--defined-only", str(binary)], capture_output=True, text=True)
     return nm(binary) if done.returncode == 0 else {}

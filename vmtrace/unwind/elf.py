@@ -268,21 +268,27 @@ class _Section:
 
 
 @dataclass(slots=True)
+class _Seen:
+    fdes: dict[tuple[int, int], FdeRules | None] = field(default_factory=dict)
+    lines: dict[int, tuple[str, int] | None] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class LoadedObject:
     """An ObjectInfo plus what this process has parsed from the file on demand."""
 
     info: ObjectInfo
     path: str  # where the object is now (the cache may have been filled from another path)
     _sections: dict[int, _Section | None] = field(default_factory=dict)
-    _fdes: dict[tuple[int, int], FdeRules | None] = field(default_factory=dict)
     _dwarf: DWARFInfo | None = None
     _dwarf_tried: bool = False
     _lines: list[LineTable] = field(default_factory=list)
-    # Lines already looked up, by ELF address; kept on disk too (line_store): loading an object's
-    # DWARF to find one costs a large library's debug file about half a second per process.
-    line_store: Path | None = None
-    _line_at: dict[int, tuple[str, int] | None] | None = None
-    lines_dirty: bool = False
+    # What earlier lookups found, kept on disk too (seen_store) so that the next run starts
+    # with it: FDE rows by (CFI section, FDE offset), and source lines by ELF address (finding
+    # one loads the object's DWARF, about half a second for libc's debug file).
+    seen_store: Path | None = None
+    _seen: _Seen | None = None
+    dirty: bool = False
     _after_call: dict[int, bool] = field(default_factory=dict)
 
     def follows_call(self, addr: int) -> bool:
@@ -334,9 +340,11 @@ class LoadedObject:
             if offset is None:
                 continue
             key = (i, offset)
-            if key not in self._fdes:
-                self._fdes[key] = self._decode(i, offset)
-            rules = self._fdes[key]
+            fdes = self.seen().fdes
+            if key not in fdes:
+                fdes[key] = self._decode(i, offset)
+                self.dirty = True
+            rules = fdes[key]
             if rules is not None and rules.start <= pc < rules.end:
                 return rules
         return None
@@ -357,17 +365,21 @@ class LoadedObject:
         """Source file and line of ELF address pc, where DWARF line info exists."""
         if self.info.line_path is None:
             return None
-        if self._line_at is None:
-            self._line_at = _read_lines(self.line_store)
-        if pc not in self._line_at:
-            self._line_at[pc] = self._find_line(pc)
-            self.lines_dirty = True
-        return self._line_at[pc]
+        lines = self.seen().lines
+        if pc not in lines:
+            lines[pc] = self._find_line(pc)
+            self.dirty = True
+        return lines[pc]
 
-    def save_lines(self) -> None:
-        if self.lines_dirty and self.line_store is not None and self._line_at is not None:
-            _write_atomically(self.line_store, (CACHE_VERSION, self._line_at))
-        self.lines_dirty = False
+    def seen(self) -> _Seen:
+        if self._seen is None:
+            self._seen = _read_seen(self.seen_store)
+        return self._seen
+
+    def save(self) -> None:
+        if self.dirty and self.seen_store is not None and self._seen is not None:
+            _write_atomically(self.seen_store, (CACHE_VERSION, self._seen))
+        self.dirty = False
 
     def _find_line(self, pc: int) -> tuple[str, int] | None:
         for known in self._lines:
@@ -428,6 +440,13 @@ class ObjectCache:
         return obj
 
     def _load(self, path: Path, st: os.stat_result) -> LoadedObject | None:
+        # The file's identity (path, inode, size, mtime) names its cache key without opening it
+        # as ELF: pyelftools' ELFFile() alone costs a few ms per object.
+        ident = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+        alias = self._file("s-" + hashlib.sha256(ident).hexdigest()[:32], "alias")
+        obj = self._load_by_alias(path, alias)
+        if obj is not None:
+            return obj
         try:
             with path.open("rb") as f:
                 elf = ELFFile(f)
@@ -451,8 +470,36 @@ class ObjectCache:
             except BAD_FILE:
                 return None
             self._write_disk(info)
-        obj = LoadedObject(info, str(path), line_store=self._file(key, "lines"))
-        self._by_key[key] = obj
+        if alias is not None:
+            _write_atomically(alias, (CACHE_VERSION, key))
+        return self._loaded(info, path)
+
+    def _load_by_alias(self, path: Path, alias: Path | None) -> LoadedObject | None:
+        if alias is None:
+            return None
+        try:
+            with alias.open("rb") as f:
+                version, key = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+                ImportError):
+            return None
+        if version != CACHE_VERSION or not isinstance(key, str):
+            return None
+        if key in self._by_key:
+            return self._by_key[key]
+        info = self._read_disk(key)
+        if info is None:
+            return None
+        if info.debug_path is None and info.build_id and any(
+            (root / ".build-id" / info.build_id[:2] / f"{info.build_id[2:]}.debug").is_file()
+            for root in self.debug_roots
+        ):
+            return None  # a debug file was installed since: the slow path decodes again
+        return self._loaded(info, path)
+
+    def _loaded(self, info: ObjectInfo, path: Path) -> LoadedObject:
+        obj = LoadedObject(info, str(path), seen_store=self._file(info.key, "seen"))
+        self._by_key[info.key] = obj
         return obj
 
     def _file(self, key: str, kind: str = "object") -> Path | None:
@@ -461,10 +508,10 @@ class ObjectCache:
         return self.cache_dir / f"{key}.{kind}.v{CACHE_VERSION}.pickle"
 
     def save(self) -> None:
-        """Write the line lookups made since the last save (an unwind calls this)."""
+        """Write what lookups found since the last save (each unwind calls this)."""
         for obj in self._by_key.values():
-            if obj.lines_dirty:
-                obj.save_lines()
+            if obj.dirty:
+                obj.save()
 
     def _read_disk(self, key: str) -> ObjectInfo | None:
         target = self._file(key)
@@ -503,13 +550,14 @@ def _write_atomically(target: Path, value: object) -> None:
             os.unlink(tmp)
 
 
-def _read_lines(store: Path | None) -> dict[int, tuple[str, int] | None]:
-    if store is None:
-        return {}
-    try:
-        with store.open("rb") as f:
-            version, lines = pickle.load(f)
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
-            ImportError):
-        return {}
-    return lines if version == CACHE_VERSION and isinstance(lines, dict) else {}
+def _read_seen(store: Path | None) -> _Seen:
+    if store is not None:
+        try:
+            with store.open("rb") as f:
+                version, seen = pickle.load(f)
+            if version == CACHE_VERSION and isinstance(seen, _Seen):
+                return seen
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+                ImportError):
+            pass
+    return _Seen()
