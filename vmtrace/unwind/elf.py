@@ -3,10 +3,16 @@
 What an unwind needs from an ELF file is decoded once into an ObjectInfo: its PT_LOAD segments
 (for the load bias), an index of its FDEs by pc (from .eh_frame_hdr's sorted table when there is
 one, else from a full pyelftools parse of .eh_frame / .debug_frame, including a separate debug
-file's), its function symbols, and where its DWARF line info lives. ObjectInfo is cached in
-memory and on disk (one pickle per object, keyed by build-id, else by path + size + mtime), so
-later runs skip the decode. Single FDEs are parsed and run into rows only when a pc needs them,
-then kept in memory: an unwind touches a few dozen FDEs out of tens of thousands.
+file's), its function symbols, and where its DWARF line info lives. Single FDEs are parsed and
+run into rows only when a pc needs them (an unwind touches a few dozen FDEs out of tens of
+thousands), source lines looked up only for the frames shown.
+
+Everything is cached in memory and in the cache directory, one set of pickles per object keyed
+by build-id (else path + size + mtime), each written atomically:
+  KEY.object.vN.pickle   the ObjectInfo
+  KEY.seen.vN.pickle     the FDE rows and source lines looked up so far
+  s-HASH.alias.vN.pickle the KEY of the file with that path, inode, size and mtime, so that a
+                         later run finds the cache without parsing the ELF headers
 """
 
 from __future__ import annotations
