@@ -29,7 +29,8 @@ from typing import Any
 from vmtrace.procfs import parse_maps
 from vmtrace.records import Mapping
 from vmtrace.unwind.elf import DEBUG_ROOT, ObjectCache
-from vmtrace.unwind.unwinder import Frame, Unwinder, UserStack
+from vmtrace.unwind.types import Frame, UserStack
+from vmtrace.unwind.unwinder import Unwinder
 
 SOURCE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "unwind" / "stackshot.c"
 
