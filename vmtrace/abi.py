@@ -10,7 +10,11 @@ import ctypes
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmtrace.records import MappedFile
+    from vmtrace.unwind import UserStack
 
 COMM_LEN = 16
 NARGS = 6
@@ -173,7 +177,6 @@ class KernelEvent:
     peak_before_pages: int
     user_sp: int
     user_ip: int
-    stack_id: int
     flags: int
     comm: str
     rss_before_pages: int = 0
@@ -181,6 +184,9 @@ class KernelEvent:
     hiwater_rss_pages: int = 0
     rss_member: int = -1
     cpu: int = 0
+    mm_id: int = 0  # identity of the address space (two images of one pid differ)
+    file: MappedFile | None = None  # file mmaps: the file as the kernel saw it at the change
+    user_stack: UserStack | None = None  # records worth explaining
 
     @property
     def has_ret(self) -> bool:
@@ -215,7 +221,6 @@ def decode_event(data: bytes) -> KernelEvent:
         peak_before_pages=v[18],
         user_sp=v[19],
         user_ip=v[20],
-        stack_id=v[21],
         flags=v[22],
         comm=v[23].split(b"\0", 1)[0].decode("utf-8", "replace"),
         rss_before_pages=v[24],

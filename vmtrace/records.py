@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # vmtrace.unwind resolves frames against these Mappings: no import cycle
+    from vmtrace.unwind import Frame
 
 ChangeKind = Literal["change", "exec", "exit", "baseline", "fork", "hwm"]
 RecordType = Literal["baseline", "peak", "latch", "grow", "shrink", "exec", "exit", "fork", "hwm"]
@@ -26,6 +29,15 @@ class Mapping:
     @property
     def size(self) -> int:
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class MappedFile:
+    """The file of a file-backed mmap, as the kernel saw it at the change."""
+
+    path: str  # absolute, from the dentry walk; may end in " (deleted)"
+    ino: int
+    dev: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +69,7 @@ class Change:
     stack_vm_kb_after: int
     kernel_peak_kb_before: int
     mapping: Mapping | None = None
-    stack: tuple[str, ...] | None = None
+    stack: tuple[Frame, ...] | None = None  # the user call chain, innermost first
     # RSS as /proc counts it (file + anon + shmem) and VmHWM = max(hiwater_rss, rss), both
     # right after the change; for `hwm` records, hwm_kb_before is the previous HWM record's.
     rss_kb: int = 0

@@ -264,7 +264,6 @@ def test_round_trip() -> None:
         peak_before_pages=1001,
         user_sp=0x7FFF_FFFF_E000,
         user_ip=0x5555_5555_1234,
-        stack_id=-14,
         flags=abi.FLAG_HAS_RET | abi.FLAG_NEW_PEAK,
         comm="my worker",
         rss_before_pages=300,
