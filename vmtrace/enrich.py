@@ -1,12 +1,15 @@
 """Kernel records → `Change`s: units, causes, the mapping each change is about, stacks.
 
-The I/O it needs (an fd's path, /proc/PID/maps after exec, stack symbols) is injected, so
-the logic runs on recorded events in tests; the live session passes the real readers.
+The I/O it needs (/proc/PID/maps after exec, a stack unwinder) is injected, so the logic runs
+on recorded events in tests; the live session passes the real ones. File mappings are named
+by the kernel's record alone (the file as it saw it at the change): neither an fd nor
+/proc/PID/map_files can be trusted by the time a record is read (closed, reused, split).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from vmtrace.abi import EventKind, KernelEvent
 from vmtrace.records import Change, ChangeKind, Mapping
@@ -23,12 +26,26 @@ from vmtrace.syscalls import (
     prot_letters,
     syscall_name,
 )
+from vmtrace.unwind import Frame, UserStack
 
-# (pid, fd, start, end) -> the path of the file an mmap mapped, if it can still be known
-FileNamer = Callable[[int, int, int, int], str | None]
 MapsReader = Callable[[int], list[Mapping]]
-# (pid, stack_id) -> [(address, symbol or None)], innermost first
-Symbolizer = Callable[[int, int], list[tuple[int, str | None]]]
+# A file mmap whose record has no file: the kernel side always sends one, so this is a bug
+# there; the name says "a file" without guessing which.
+UNNAMED_FILE = "[file]"
+MAX_FRAMES = 64
+
+
+class StackUnwinder(Protocol):
+    """What vmtrace.unwind.Unwinder offers: frames, innermost first, of a stack snapshot,
+    with `find_mapping` telling what is mapped at an address."""
+
+    def unwind(
+        self,
+        stack: UserStack,
+        find_mapping: Callable[[int], Mapping | None],
+        max_frames: int = MAX_FRAMES,
+    ) -> list[Frame]: ...
+
 
 _KINDS: dict[EventKind, ChangeKind] = {
     EventKind.SYSCALL: "change",
@@ -46,15 +63,15 @@ class Enricher:
     def __init__(
         self,
         page_size: int,
-        name_file: FileNamer,
         read_maps: MapsReader,
-        symbolize: Symbolizer | None = None,
+        unwinder: StackUnwinder | None = None,
+        max_frames: int = MAX_FRAMES,
     ) -> None:
         self._page = page_size
         self._kb_per_page = page_size // 1024
-        self._name_file = name_file
         self._read_maps = read_maps
-        self._symbolize = symbolize
+        self._unwinder = unwinder
+        self._max_frames = max_frames
         self._shadows: dict[int, ShadowMap] = {}
 
     def attach(self, pid: int, mappings: list[Mapping]) -> None:
@@ -129,23 +146,19 @@ class Enricher:
             parent_pid=ev.args_raw[0] if ev.kind is EventKind.FORK else None,
         )
 
-    def _stack(self, ev: KernelEvent) -> tuple[str, ...] | None:
-        if ev.stack_id < 0 or self._symbolize is None:
+    def unwind(self, pid: int, stack: UserStack) -> list[Frame]:
+        """The frames of `stack`, resolved against what `pid`'s shadow address space says was
+        mapped (the files it names), so that they resolve after the process has exited."""
+        if self._unwinder is None:
+            return []
+        return self._unwinder.unwind(stack, self.shadow(pid).find, self._max_frames)
+
+    def _stack(self, ev: KernelEvent) -> tuple[Frame, ...] | None:
+        # Called once the change is in the shadow: the code a stack runs in is not what a
+        # change maps or unmaps, except after an exec, whose registers are the new image's.
+        if ev.user_stack is None or self._unwinder is None:
             return None
-        shadow = self.shadow(ev.pid)
-        frames = []
-        for addr, sym in self._symbolize(ev.pid, ev.stack_id):
-            if sym is not None:
-                frames.append(sym)
-                continue
-            # No symbols (the process is gone, or stripped): say where the code was mapped
-            # from, which a later `addr2line -e FILE OFFSET` can resolve.
-            m = shadow.find(addr)
-            if m is not None and m.path.startswith("/"):
-                frames.append(f"0x{addr:x} ({m.path}+0x{m.offset + addr - m.start:x})")
-            else:
-                frames.append(f"0x{addr:x}")
-        return tuple(frames)
+        return tuple(self.unwind(ev.pid, ev.user_stack))
 
     def _grow_stack(self, shadow: ShadowMap, ev: KernelEvent, delta: int) -> Mapping:
         stack = shadow.by_path("[stack]")
@@ -168,7 +181,7 @@ class Enricher:
             if flags & MAP_ANONYMOUS or fd < 0:
                 path = "[anon]"
             else:
-                path = self._name_file(ev.pid, fd, ret, end) or f"[fd {fd}]"
+                path = ev.file.path if ev.file is not None else UNNAMED_FILE
             perms = prot_letters(prot) + ("s" if flags & MAP_SHARED else "p")
             m = Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
             shadow.insert(m)

@@ -61,6 +61,7 @@ class TraceOptions:
     min_delta: int = 0  # bytes
     all_events: bool = False
     hwm_step: int = 0  # bytes; 0: no VmHWM records
+    stack_depth: int = 8  # frames the console shows per record; the log keeps them all
 
     @property
     def discovers(self) -> bool:
@@ -213,9 +214,7 @@ class Tracer:
         session: BccSession | None = None
         try:
             session = self.session = self._open_backend()
-            self.enricher = Enricher(
-                os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, session.symbolize
-            )
+            self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps)
             for info in infos:
                 session.add_target(info.pid)
             self._open_taskstats()
@@ -603,12 +602,6 @@ class Tracer:
         if self.output_error is None:
             self.output_error = error
             self.log(f"{error}; stopping the trace (what was written is kept)")
-
-
-def _name_file(pid: int, fd: int, start: int, end: int) -> str | None:
-    # The mapping itself first: by the time the record is read the fd may be closed (ld.so
-    # closes right after mapping) or even reused for another file; the fd is the fallback.
-    return procfs.read_mapped_file(pid, start, end) or procfs.read_fd_path(pid, fd)
 
 
 def default_log(msg: str) -> None:
