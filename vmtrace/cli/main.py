@@ -125,6 +125,15 @@ def common_options(f: F) -> F:
             "(e.g. 1M; off by default: it probes every RSS change).",
         ),
         click.option(
+            "--stack-depth",
+            type=click.IntRange(min=0),
+            default=8,
+            show_default=True,
+            metavar="N",
+            help="User stack frames shown per PEAK, LATCH and HWM line (0: none; the -o log "
+            "keeps every frame).",
+        ),
+        click.option(
             "--rotate",
             type=SIZE,
             default="0",

@@ -32,6 +32,7 @@ def trace(
     comms: tuple[str, ...] = (),
     cgroup: str | None = None,
     all_: bool = False,
+    stack_depth: int = 8,
 ) -> int:
     opts = TraceOptions(
         pids=pids,
@@ -46,6 +47,7 @@ def trace(
         min_delta=min_delta,
         all_events=all_events,
         hwm_step=hwm_step,
+        stack_depth=stack_depth,
         verbose=verbose,
         argv=sys.argv,
     )
@@ -62,7 +64,9 @@ def trace(
     if json_stdout:
         sinks.append(JsonlSink(sys.stdout, "stdout"))
     else:
-        sinks.append(ConsoleSink(sys.stdout, tracer.clock, verbose, min_delta // 1024))
+        sinks.append(
+            ConsoleSink(sys.stdout, tracer.clock, verbose, min_delta // 1024, opts.stack_depth)
+        )
     try:
         return tracer.run(started)
     finally:
