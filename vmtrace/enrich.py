@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vmtrace.abi import EventKind, KernelEvent
-from vmtrace.records import Change, ChangeKind, Mapping
+from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Mapping
 from vmtrace.shadow import ShadowMap
 from vmtrace.syscalls import (
     MAP_ANONYMOUS,
@@ -29,9 +29,6 @@ from vmtrace.syscalls import (
 from vmtrace.unwind import Frame, UserStack
 
 MapsReader = Callable[[int], list[Mapping]]
-# A file mmap whose record has no file: the kernel side always sends one, so this is a bug
-# there; the name says "a file" without guessing which.
-UNNAMED_FILE = "[file]"
 MAX_FRAMES = 64
 
 

@@ -31,6 +31,11 @@ class Mapping:
         return self.end - self.start
 
 
+# The name of a file mapping whose record has no file: the kernel side always sends one, so
+# this is a bug there; the name says "a file" without guessing which.
+UNNAMED_FILE = "[file]"
+
+
 @dataclass(frozen=True, slots=True)
 class MappedFile:
     """The file of a file-backed mmap, as the kernel saw it at the change."""

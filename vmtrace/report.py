@@ -38,7 +38,7 @@ from vmtrace.logread import (
     parse_mapping,
     status_from_record,
 )
-from vmtrace.records import Change, Mapping, ProcStatus
+from vmtrace.records import UNNAMED_FILE, Change, Mapping, ProcStatus
 from vmtrace.shadow import ShadowMap
 from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
@@ -97,7 +97,7 @@ def group_of(m: Mapping) -> str:
         return SHARED
     if perms.startswith("---"):
         return RESERVED
-    if path.startswith("/"):
+    if path.startswith("/") or path == UNNAMED_FILE:
         return FILE
     if path in ("[anon]", ""):
         return ANON

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from vmtrace.abi import FLAG_HAS_RET, EventKind, KernelEvent
-from vmtrace.enrich import UNNAMED_FILE, Enricher
-from vmtrace.records import MappedFile, Mapping
+from vmtrace.enrich import Enricher
+from vmtrace.records import UNNAMED_FILE, MappedFile, Mapping
 from vmtrace.unwind import Frame, UserStack
 
 PAGE = 4096

@@ -292,7 +292,8 @@ def test_records_without_end_are_reported_as_incomplete(tmp_path: Path) -> None:
         ("r-xp", "/usr/lib/libc.so.6", FILE),
         ("rw-p", "[anon]", ANON),
         ("r-xp", "[vdso]", OTHER),
-        ("rw-p", "[fd 3]", OTHER),
+        ("rw-p", "[fd 3]", OTHER),  # version 1 logs: a file mapping named too late
+        ("r--p", "[file]", FILE),  # a file the kernel side sent no name for
     ],
 )
 def test_group_of(perms: str, path: str, group: str) -> None:
