@@ -37,7 +37,7 @@ from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
 from vmtrace.records import Explained, ProcStatus
 from vmtrace.session import MAX_BATCH, BccSession
-from vmtrace.sinks import Sink
+from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
 
@@ -61,7 +61,7 @@ class TraceOptions:
     min_delta: int = 0  # bytes
     all_events: bool = False
     hwm_step: int = 0  # bytes; 0: no VmHWM records
-    stack_depth: int = 8  # frames the console shows per record; the log keeps them all
+    stack_depth: int = DEFAULT_STACK_DEPTH  # frames the console shows; the log keeps them all
 
     @property
     def discovers(self) -> bool:

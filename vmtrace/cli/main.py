@@ -16,6 +16,7 @@ from vmtrace.cli.export import export_cmd
 from vmtrace.cli.plot import plot_cmd
 from vmtrace.cli.report import report_cmd
 from vmtrace.errors import VmtraceError
+from vmtrace.sinks import DEFAULT_STACK_DEPTH
 from vmtrace.units import parse_size
 
 # Kept here rather than imported, so `vmtrace --help` loads nothing of the tracer.
@@ -127,7 +128,7 @@ def common_options(f: F) -> F:
         click.option(
             "--stack-depth",
             type=click.IntRange(min=0),
-            default=8,
+            default=DEFAULT_STACK_DEPTH,
             show_default=True,
             metavar="N",
             help="User stack frames shown per PEAK, LATCH and HWM line (0: none; the -o log "

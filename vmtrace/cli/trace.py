@@ -7,7 +7,14 @@ import signal
 import sys
 
 from vmtrace.errors import OutputError
-from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
+from vmtrace.sinks import (
+    DEFAULT_STACK_DEPTH,
+    ConsoleSink,
+    JsonlSink,
+    RotatingJsonlSink,
+    Sink,
+    open_log,
+)
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
 
@@ -32,7 +39,7 @@ def trace(
     comms: tuple[str, ...] = (),
     cgroup: str | None = None,
     all_: bool = False,
-    stack_depth: int = 8,
+    stack_depth: int = DEFAULT_STACK_DEPTH,
 ) -> int:
     opts = TraceOptions(
         pids=pids,

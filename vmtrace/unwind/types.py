@@ -23,6 +23,6 @@ class Frame:
     function: str | None
     offset: int | None  # from the start of `function`
     module: str | None  # the mapped file's path
-    module_offset: int | None  # file offset of `address` in `module`
+    module_offset: int | None  # `address` in the ELF file's address space (addr2line -e)
     file: str | None = None
     line: int | None = None
