@@ -1,15 +1,18 @@
 """Kernel records → `Change`s: units, causes, the mapping each change is about, stacks.
 
-The I/O it needs (an fd's path, /proc/PID/maps after exec, stack symbols) is injected, so
-the logic runs on recorded events in tests; the live session passes the real readers.
+The I/O it needs (/proc/PID/maps after exec, a stack unwinder) is injected, so the logic runs
+on recorded events in tests; the live session passes the real ones. File mappings are named
+by the kernel's record alone (the file as it saw it at the change): neither an fd nor
+/proc/PID/map_files can be trusted by the time a record is read (closed, reused, split).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
-from vmtrace.records import Change, ChangeKind, Mapping
+from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Mapping
 from vmtrace.shadow import ShadowMap
 from vmtrace.syscalls import (
     MAP_ANONYMOUS,
@@ -23,8 +26,23 @@ from vmtrace.syscalls import (
     prot_letters,
     syscall_name,
 )
+from vmtrace.unwind import Frame, UserStack
 
 MapsReader = Callable[[int], list[Mapping]]
+MAX_FRAMES = 64
+
+
+class StackUnwinder(Protocol):
+    """What vmtrace.unwind.Unwinder offers: frames, innermost first, of a stack snapshot,
+    with `find_mapping` telling what is mapped at an address."""
+
+    def unwind(
+        self,
+        stack: UserStack,
+        find_mapping: Callable[[int], Mapping | None],
+        max_frames: int = MAX_FRAMES,
+    ) -> list[Frame]: ...
+
 
 _KINDS: dict[EventKind, ChangeKind] = {
     EventKind.SYSCALL: "change",
@@ -44,10 +62,14 @@ class Enricher:
         self,
         page_size: int,
         read_maps: MapsReader,
+        unwinder: StackUnwinder | None = None,
+        max_frames: int = MAX_FRAMES,
     ) -> None:
         self._page = page_size
         self._kb_per_page = page_size // 1024
         self._read_maps = read_maps
+        self._unwinder = unwinder
+        self._max_frames = max_frames
         self._shadows: dict[int, ShadowMap] = {}
 
     def attach(self, pid: int, mappings: list[Mapping]) -> None:
@@ -134,8 +156,19 @@ class Enricher:
             folded_rises=ev.folded_rises,
         )
 
-    def _stack(self, ev: KernelEvent) -> tuple[str, ...] | None:
-        return None
+    def unwind(self, pid: int, stack: UserStack) -> list[Frame]:
+        """The frames of `stack`, resolved against what `pid`'s shadow address space says was
+        mapped (the files it names), so that they resolve after the process has exited."""
+        if self._unwinder is None:
+            return []
+        return self._unwinder.unwind(stack, self.shadow(pid).find, self._max_frames)
+
+    def _stack(self, ev: KernelEvent) -> tuple[Frame, ...] | None:
+        # Called once the change is in the shadow: the code a stack runs in is not what a
+        # change maps or unmaps, except after an exec, whose registers are the new image's.
+        if ev.user_stack is None or self._unwinder is None:
+            return None
+        return tuple(self.unwind(ev.pid, ev.user_stack))
 
     def _grow_stack(self, shadow: ShadowMap, ev: KernelEvent, delta: int) -> Mapping:
         stack = shadow.by_path("[stack]")
@@ -159,7 +192,7 @@ class Enricher:
             if flags & MAP_ANONYMOUS or fd < 0:
                 path = "[anon]"
             else:
-                path = ev.file.path if ev.file is not None else "[file]"
+                path = ev.file.path if ev.file is not None else UNNAMED_FILE
             perms = prot_letters(prot) + ("s" if flags & MAP_SHARED else "p")
             m = Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
             shadow.insert(m)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from vmtrace.frames import describe_frame, frames_of
 from vmtrace.logread import CHANGE_TYPES, Record
 from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
@@ -155,7 +156,7 @@ def csv_row(line: int, rec: Record) -> list[str]:
         "mapping_perms": m["perms"] if m else None,
         "mapping_offset": m.get("offset") if m else None,
         "mapping_path": m["path"] if m else None,
-        "stack": STACK_SEPARATOR.join(stack) if stack else None,
+        "stack": STACK_SEPARATOR.join(map(describe_frame, frames_of(stack))) if stack else None,
         "detail": _detail(rec),
     }
     if rec["type"] in CHANGE_TYPES:

@@ -12,6 +12,10 @@ What it forgives and what it refuses (docs/offline.md):
 - anything else that is wrong is a `LogFormatError` naming the line: not JSON, not an object,
   a field of the wrong type, a `start.version` newer than `SCHEMA_VERSION`.
 
+Version 1 logs are read too: their only difference is the `stack` of change records, a list of
+symbolised strings, which the reader turns into frame objects (`function` the string, no module)
+so that every offline tool sees version 2 records.
+
 `change_from_record` turns a change record back into the `records.Change` the live tracer fed
 the engine, so `vmtrace.engine.PeakEngine` explains a log offline exactly as it did live.
 """
@@ -27,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from vmtrace.errors import LogFormatError
+from vmtrace.frames import frame_record, legacy_frame
 from vmtrace.records import Change, ChangeKind, Mapping, ProcStatus
 from vmtrace.schema import SCHEMA_VERSION
+from vmtrace.unwind import Frame
 
 Record = dict[str, Any]
 Warn = Callable[[str], None]
@@ -189,13 +195,42 @@ def _ret(v: object) -> int | None:
     return _int(v, "ret")
 
 
-def _stack(v: object) -> tuple[str, ...] | None:
+def _stack(v: object) -> tuple[Frame, ...] | None:
     if v is None:
         return None
-    frames = _check_list(v, "stack")
-    for f in frames:
-        _str(f, "stack[]")
-    return tuple(frames)
+    return tuple(_frame(f, f"stack[{i}]") for i, f in enumerate(_check_list(v, "stack")))
+
+
+def _opt(v: object, name: str, check: Callable[[object, str], Any]) -> Any:
+    return None if v is None else check(v, name)
+
+
+def _frame(v: object, name: str) -> Frame:
+    """A frame object (version 2), or the symbolised string of a version 1 log."""
+    if isinstance(v, str):
+        return legacy_frame(v)
+    d = _check_dict(v, name)
+    frame = Frame(
+        address=_addr(_get(d, "address", True), f"{name}.address"),
+        function=_opt(d.get("function"), f"{name}.function", _str),
+        offset=_opt(d.get("offset"), f"{name}.offset", _int),
+        module=_opt(d.get("module"), f"{name}.module", _str),
+        module_offset=_opt(d.get("module_offset"), f"{name}.module_offset", _int),
+        file=_opt(d.get("file"), f"{name}.file", _str),
+        line=_opt(d.get("line"), f"{name}.line", _int),
+    )
+    for key in ("offset", "module_offset", "line"):
+        n = getattr(frame, key)
+        if n is not None and n < 0:
+            raise _Bad(f"field '{name}.{key}' is negative ({n})")
+    return frame
+
+
+def _normalise_stack(rec: Record) -> None:
+    """Version 1 frames (strings) become frame objects, so the offline tools read one form."""
+    stack = rec.get("stack")
+    if isinstance(stack, list) and any(isinstance(f, str) for f in stack):
+        rec["stack"] = [frame_record(legacy_frame(f)) if isinstance(f, str) else f for f in stack]
 
 
 def _common(rec: MappingABC[str, Any]) -> None:
@@ -469,6 +504,8 @@ class LogReader:
             t = obj.get("type")
             what = f"{t:.20} record" if isinstance(t, str) else "record"
             raise self.fail(f"line {n}: {what}: {e}") from None
+        if obj["type"] in CHANGE_TYPES:
+            _normalise_stack(obj)
         return obj
 
     def _truncated(self, n: int) -> None:

@@ -108,21 +108,6 @@ def read_start_time(pid: int, proc: str = PROC) -> int | None:
         return None
 
 
-def read_fd_path(pid: int, fd: int, proc: str = PROC) -> str | None:
-    try:
-        return os.readlink(f"{proc}/{pid}/fd/{fd}")
-    except OSError:
-        return None
-
-
-def read_mapped_file(pid: int, start: int, end: int, proc: str = PROC) -> str | None:
-    """The file behind the mapping [start, end), if it is still mapped (needs root)."""
-    try:
-        return os.readlink(f"{proc}/{pid}/map_files/{start:x}-{end:x}")
-    except OSError:
-        return None
-
-
 def inspect_target(pid: int, proc: str = PROC) -> ProcessInfo:
     """Everything vmtrace needs to know before tracing `pid`, or a TargetError saying why not."""
     if pid <= 0:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # vmtrace.unwind resolves frames against these Mappings: no import cycle
+    from vmtrace.unwind import Frame
 
 ChangeKind = Literal["change", "exec", "exit", "baseline", "fork", "hwm", "oom"]
 RecordType = Literal[
@@ -30,11 +33,16 @@ class Mapping:
         return self.end - self.start
 
 
+# The name of a file mapping whose record has no file: the kernel side always sends one, so
+# this is a bug there; the name says "a file" without guessing which.
+UNNAMED_FILE = "[file]"
+
+
 @dataclass(frozen=True, slots=True)
 class MappedFile:
-    """A mapped file as the kernel named it at the change."""
+    """The file of a file-backed mmap, as the kernel saw it at the change."""
 
-    path: str  # absolute, from the root of the mount tree
+    path: str  # absolute, from the root of the mount tree (the kernel's dentry walk)
     ino: int
     dev: int
 
@@ -68,7 +76,7 @@ class Change:
     stack_vm_kb_after: int
     kernel_peak_kb_before: int
     mapping: Mapping | None = None
-    stack: tuple[str, ...] | None = None
+    stack: tuple[Frame, ...] | None = None  # the user call chain, innermost first
     # RSS as /proc counts it (file + anon + shmem) and VmHWM = max(hiwater_rss, rss), both
     # right after the change; for `hwm` records, hwm_kb_before is the previous HWM record's.
     rss_kb: int = 0

@@ -4,11 +4,13 @@
 `PeakEngine` that explained them live, and through an `AddressSpace` rebuilt from the log, and
 returns a `Report`: per process, the timeline of new peaks (each with its cause and what is new
 since the previous high), VmHWM from the samples, the causes of the final VmPeak by call site
-and by mapping, and the composition of the address space at the final peak. `render_text`,
+(the innermost frames), by whole call chain and by mapping, and the composition of the address
+space at the final peak. `render_text`,
 `render_markdown` and `report_json` turn it into text.
 
 Invariants the tests hold it to:
-- the contributions by call site (and by mapping) add up to the final VmPeak: the starting
+- the contributions by call site (and by call chain, and by mapping) add up to the final
+  VmPeak: the starting
   value (the exec image, or VmPeak at attach) + each new peak's rise + any correction a
   `mismatch` made;
 - the groups of the composition add up to the final VmPeak, with whatever the replay cannot
@@ -28,6 +30,7 @@ from typing import Any, TypeVar
 
 from vmtrace.engine import PeakEngine
 from vmtrace.errors import LogFormatError, UsageError
+from vmtrace.frames import describe_frame, legacy_frame, short_frame
 from vmtrace.logread import (
     CHANGE_TYPES,
     Record,
@@ -35,10 +38,11 @@ from vmtrace.logread import (
     parse_mapping,
     status_from_record,
 )
-from vmtrace.records import Change, Mapping, ProcStatus
+from vmtrace.records import UNNAMED_FILE, Change, Mapping, ProcStatus
 from vmtrace.shadow import ShadowMap
 from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
+from vmtrace.unwind import Frame
 
 # Groups of the address space, in the order reports list them.
 HEAP = "heap"
@@ -71,6 +75,7 @@ UNEXPLAINED = "(not in the records)"
 TOP_ITEMS = 8
 TOP_CAUSES = 10
 STACK_FRAMES = 6
+CHAIN_FRAMES = 16  # frames of a call chain the text shows (JSON and Markdown have them all)
 DEFAULT_MAX_PEAKS = 400
 
 K = TypeVar("K")
@@ -92,7 +97,7 @@ def group_of(m: Mapping) -> str:
         return SHARED
     if perms.startswith("---"):
         return RESERVED
-    if path.startswith("/"):
+    if path.startswith("/") or path == UNNAMED_FILE:
         return FILE
     if path in ("[anon]", ""):
         return ANON
@@ -330,7 +335,7 @@ class PeakEntry:
     vm_peak_kb_before: int
     vm_peak_kb: int
     new_since_previous: dict[str, int]
-    stack: list[str] | None = None
+    stack: list[Frame] | None = None
     records_since_previous: int = 0
 
 
@@ -350,9 +355,10 @@ class HwmEntry:
 @dataclass
 class Cause:
     cause: str
-    where: str  # the call site (stack frames, joined) or the mapping
+    where: str  # the call site or chain (short frames joined by " ← ") or the mapping
     kb: int
     peaks: int
+    frames: list[str] = field(default_factory=list)  # sites and chains: each frame in full
 
 
 @dataclass
@@ -380,6 +386,8 @@ class ProcessReport:
     replay_first_problem: str | None
     logged_final_vm_peak_kb: int | None  # from the exit record or end summary
     exited: bool
+    by_call_chain: list[Cause] = field(default_factory=list)
+    chain_more_kb: int = 0  # kB of the call chains past the top list
 
 
 @dataclass
@@ -449,7 +457,8 @@ class _Proc:
     mismatches: int = 0
     last_hwm: int | None = None
     max_rss: int | None = None
-    by_site: dict[tuple[str, tuple[str, ...]], list[int]] = field(default_factory=dict)
+    by_site: dict[tuple[str, CallSite], list[int]] = field(default_factory=dict)
+    by_chain: dict[tuple[str, CallSite], list[int]] = field(default_factory=dict)
     by_map: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     attach_snapshot: Snapshot | None = None
     attach_line: int | None = None
@@ -464,18 +473,47 @@ def _add(d: dict[K, list[int]], key: K, kb: int, peaks: int = 1) -> None:
     acc[1] += peaks
 
 
-def call_site(stack: Iterable[str] | None) -> tuple[str, ...]:
+CallSite = tuple[Frame, ...]
+NO_STACK: CallSite = (legacy_frame("(no stack)"),)
+EXEC_SITE: CallSite = (legacy_frame("(exec image)"),)
+
+
+def _site_frame(f: Frame) -> Frame:
+    """A frame as a grouping key: where it is in its file, not where that file was mapped
+    (which differs between processes and runs)."""
+    if f.function is None and f.module is None:
+        return f  # its address is all there is
+    return dataclasses.replace(f, address=0)
+
+
+def call_site(stack: Iterable[Frame] | None) -> CallSite:
     """A user stack as a call-site key: repeated frames (recursion) collapsed, the innermost
     STACK_FRAMES kept."""
     if not stack:
-        return ("(no stack)",)
-    out: list[str] = []
-    for frame in stack:
+        return NO_STACK
+    out: list[Frame] = []
+    for frame in map(_site_frame, stack):
         if not out or out[-1] != frame:
             out.append(frame)
         if len(out) == STACK_FRAMES:
             break
     return tuple(out)
+
+
+def call_chain(stack: Iterable[Frame] | None) -> CallSite:
+    """A user stack as a call-chain key: every frame, as it is (two peaks group together
+    only if their whole chains are the same)."""
+    chain = tuple(map(_site_frame, stack or ()))
+    return chain or NO_STACK
+
+
+def _where(site: CallSite) -> str:
+    return " ← ".join(short_frame(f) for f in site)
+
+
+def _frames(site: CallSite) -> list[str]:
+    """The frames of a site in full; none for the stand-ins of what has no stack."""
+    return [] if site in (NO_STACK, EXEC_SITE) else [describe_frame(f) for f in site]
 
 
 class ReportBuilder:
@@ -595,6 +633,7 @@ class ReportBuilder:
         if status is not None:
             key = "(VmPeak when vmtrace attached)"
             p.by_site[(key, ())] = [status.vm_peak_kb, 0]
+            p.by_chain[(key, ())] = [status.vm_peak_kb, 0]
             p.by_map[(key, "")] = [status.vm_peak_kb, 0]
 
     def _on_change(self, rec: Record) -> None:
@@ -635,6 +674,7 @@ class ReportBuilder:
         if e.type == "exec":
             p.execs += 1
             p.by_site.clear()
+            p.by_chain.clear()
             p.by_map.clear()
             p.start_vm_peak_kb = None
             new = {}
@@ -667,14 +707,17 @@ class ReportBuilder:
             p.set_by_snapshot = snap
             p.set_by_line = self.line
         if e.type == "exec":
-            site: tuple[str, tuple[str, ...]] = ("execve", ("(exec image)",))
+            site: tuple[str, CallSite] = ("execve", EXEC_SITE)
+            chain = site
             mkey = ("execve", "[exec image]")
             rise = e.vm_peak_kb
         else:
             site = (c.cause, call_site(c.stack))
+            chain = (c.cause, call_chain(c.stack))
             mkey = (c.cause, c.mapping.path if c.mapping else "?")
             rise = e.vm_peak_kb - e.vm_peak_kb_before
         _add(p.by_site, site, rise)
+        _add(p.by_chain, chain, rise)
         _add(p.by_map, mkey, rise)
 
     def _on_fork(self, child: _Proc, rec: Record) -> None:
@@ -719,6 +762,7 @@ class ReportBuilder:
             if fix:
                 key = "(corrected by a mismatch sample)"
                 _add(p.by_site, (key, ()), fix, 0)
+                _add(p.by_chain, (key, ()), fix, 0)
                 _add(p.by_map, (key, ""), fix, 0)
         p.max_rss = max(p.max_rss or 0, status.vm_rss_kb)
         if p.last_hwm is None or status.vm_hwm_kb != p.last_hwm:
@@ -796,6 +840,7 @@ class ReportBuilder:
         missing = final - sum(v[0] for v in p.by_site.values())
         if missing:
             _add(p.by_site, (UNEXPLAINED, ()), missing, 0)
+            _add(p.by_chain, (UNEXPLAINED, ()), missing, 0)
             _add(p.by_map, (UNEXPLAINED, ""), missing, 0)
         return ProcessReport(
             pid=p.pid,
@@ -814,7 +859,7 @@ class ReportBuilder:
             hwm_omitted=p.hwm.omitted,
             max_rss_kb=p.max_rss,
             by_call_site=_top(
-                (Cause(c, " ← ".join(site) if site else "", kb, n), kb)
+                (Cause(c, _where(site), kb, n, _frames(site)), kb)
                 for (c, site), (kb, n) in p.by_site.items()
             ),
             by_mapping=_top(
@@ -829,6 +874,11 @@ class ReportBuilder:
             replay_first_problem=p.space.first_lost_track,
             logged_final_vm_peak_kb=p.logged_final,
             exited=p.exited,
+            by_call_chain=_top(
+                (Cause(c, _where(chain), kb, n, _frames(chain)), kb)
+                for (c, chain), (kb, n) in p.by_chain.items()
+            ),
+            chain_more_kb=_rest(v[0] for v in p.by_chain.values()),
         )
 
     def _composition(self, p: _Proc, final: int) -> Composition | None:
@@ -1094,7 +1144,7 @@ def _process_text(p: ProcessReport, w: Any) -> None:
         w(f"  {r.last.rel_s:>+9.3f}s {_clock(r.last.time)}  {head}")
         w(f"        {call}")
         if r.first.stack:
-            w(f"        at {' ← '.join(call_site(r.first.stack)[:3])}")
+            w(f"        at {_where(call_site(r.first.stack)[:3])}")
         news = _news(r.new)
         if news:
             w(f"        new since the previous high: {news}")
@@ -1118,6 +1168,16 @@ def _process_text(p: ProcessReport, w: Any) -> None:
         w(f"    {human_kb(c.kb):>10}  {c.cause:<14} {c.where}{_peaks(c.peaks)}")
     if p.causes_more_kb[0]:
         w(f"    {human_kb(p.causes_more_kb[0]):>10}  (the other call sites)")
+    w("  by call chain (the whole user stack, innermost frame first):")
+    for c in p.by_call_chain:
+        where = "" if c.frames else f" {c.where}"
+        w(f"    {human_kb(c.kb):>10}  {c.cause:<14}{where}{_peaks(c.peaks)}")
+        for i, frame in enumerate(c.frames[:CHAIN_FRAMES]):
+            w(f"    {'':>10}    #{i} {frame}")
+        if len(c.frames) > CHAIN_FRAMES:
+            w(f"    {'':>10}    ... {len(c.frames) - CHAIN_FRAMES} more")
+    if p.chain_more_kb:
+        w(f"    {human_kb(p.chain_more_kb):>10}  (the other call chains)")
     w("  by mapping:")
     for c in p.by_mapping:
         w(f"    {human_kb(c.kb):>10}  {c.cause:<14} {c.where}{_peaks(c.peaks)}")
@@ -1221,7 +1281,11 @@ def render_markdown(r: Report) -> str:
                 w(f"| {h.rel_s:.3f} | {h.vm_hwm_kb} kB | {h.vm_rss_kb} kB |")
         w("")
         w("### Causes of the final VmPeak")
-        for title, causes in (("call site", p.by_call_site), ("mapping", p.by_mapping)):
+        for title, causes in (
+            ("call site", p.by_call_site),
+            ("call chain", p.by_call_chain),
+            ("mapping", p.by_mapping),
+        ):
             w("")
             w(f"| kB | cause | {title} | peaks |")
             w("|---:|---|---|---:|")

@@ -1,4 +1,4 @@
-"""The JSONL log records (docs/log-schema.md, version 1), built from engine output.
+"""The JSONL log records (docs/log-schema.md, version 2), built from engine output.
 
 Every sink renders these dicts, the console included, so what is printed and what is
 logged cannot disagree.
@@ -10,11 +10,13 @@ import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from vmtrace.frames import frame_record
 from vmtrace.procfs import ProcessInfo
 from vmtrace.records import Explained, Mapping, ProcessSummary, ProcStatus, SampleCheck
 from vmtrace.units import WallClock
 
-SCHEMA_VERSION = 1
+# 2: `stack` is a list of frame objects (version 1: a list of strings)
+SCHEMA_VERSION = 2
 Record = dict[str, Any]
 
 
@@ -144,7 +146,7 @@ def explained_record(e: Explained, clock: WallClock) -> Record:
         stack_vm_kb_before=c.stack_vm_kb_before,
         stack_vm_kb_after=c.stack_vm_kb_after,
         mapping=mapping_dict(c.mapping) if c.mapping else None,
-        stack=list(c.stack) if c.stack is not None else None,
+        stack=[frame_record(f) for f in c.stack] if c.stack is not None else None,
         rss_kb=c.rss_kb,
         hwm_kb=c.hwm_kb,
         mm_id=hex(c.mm_id) if c.mm_id else None,

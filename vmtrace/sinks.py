@@ -7,6 +7,7 @@ import os
 from typing import IO, Any, Protocol
 
 from vmtrace.errors import OutputError
+from vmtrace.frames import describe_frame, frames_of
 from vmtrace.units import WallClock, human_bytes, human_kb
 
 Record = dict[str, Any]
@@ -173,16 +174,39 @@ def describe_mapping(rec: Record) -> str:
     return f"  {m['path']} {m['start']}-{m['end']} {m['perms']}"
 
 
+DEFAULT_STACK_DEPTH = 8
+
+
+def describe_stack(rec: Record, depth: int) -> list[str]:
+    """The first `depth` frames of a record's user stack, innermost first, as the console
+    shows them (`#0 func+0x13 (/usr/lib/x86_64-linux-gnu/libc.so.6)`), and how many are cut."""
+    frames = frames_of(rec.get("stack"))
+    lines = [f"#{i} {describe_frame(f)}" for i, f in enumerate(frames[: max(depth, 0)])]
+    if lines and len(frames) > depth:
+        lines.append(f"... {len(frames) - depth} more")
+    return lines
+
+
 class ConsoleSink:
-    """Human lines: every new peak and latch; grow/shrink/samples only with -v."""
+    """Human lines: every new peak and latch; grow/shrink/samples only with -v. Peaks,
+    latches and VmHWM records show up to `stack_depth` frames of their user stack."""
 
     def __init__(
-        self, stream: IO[str], clock: WallClock, verbose: int = 0, min_delta_kb: int = 0
+        self,
+        stream: IO[str],
+        clock: WallClock,
+        verbose: int = 0,
+        min_delta_kb: int = 0,
+        stack_depth: int = DEFAULT_STACK_DEPTH,
     ) -> None:
         self._out = stream
         self._clock = clock
         self._verbose = verbose
         self._min_delta_kb = min_delta_kb
+        self._stack_depth = stack_depth
+
+    def _stack(self, rec: Record) -> list[str]:
+        return [f"      {line}" for line in describe_stack(rec, self._stack_depth)]
 
     def _who(self, rec: Record) -> str:
         return f"pid {rec['pid']} tid {rec['tid']} {rec['comm']}"
@@ -202,7 +226,7 @@ class ConsoleSink:
                 f"(+{human_kb(after - before)}) [{after} kB]  {self._who(rec)}"
             )
             lines.append(f"    {describe_call(rec)}{describe_mapping(rec)}")
-            lines += [f"      #{i} {frame}" for i, frame in enumerate(rec.get("stack") or [])]
+            lines += self._stack(rec)
         elif t == "latch":
             lines.append(
                 f"{self._t(rec)} LATCH hiwater_vm {human_kb(rec['hiwater_vm_kb'])} recorded "
@@ -212,6 +236,7 @@ class ConsoleSink:
                 f"    {describe_call(rec)}  total_vm {human_kb(rec['total_vm_kb_before'])} -> "
                 f"{human_kb(rec['total_vm_kb_after'])}{describe_mapping(rec)}"
             )
+            lines += self._stack(rec)
         elif t == "hwm":
             before, after = rec["hwm_kb_before"], rec["hwm_kb"]
             lines.append(
@@ -220,7 +245,7 @@ class ConsoleSink:
             )
             where = f"during {rec['syscall']}()" if rec.get("syscall") else "by page faults"
             lines.append(f"    {rec.get('rss_member') or 'rss'} pages brought in {where}")
-            lines += [f"      #{i} {frame}" for i, frame in enumerate(rec.get("stack") or [])]
+            lines += self._stack(rec)
         elif t == "hwm-reset":
             lines.append(
                 f"{self._t(rec)} HWM-RESET pid {rec['pid']} {rec['comm']}: VmHWM "

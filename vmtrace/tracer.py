@@ -38,9 +38,10 @@ from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
 from vmtrace.records import Explained, Mapping, ProcStatus
 from vmtrace.session import MAX_BATCH, BccSession
-from vmtrace.sinks import Sink
+from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
+from vmtrace.unwind import Unwinder
 
 POLL_MS = 100
 OOM_RISES = 5  # VmPeak rises an OOM record recalls
@@ -65,6 +66,7 @@ class TraceOptions:
     all_events: bool = False
     hwm_step: int = 0  # bytes; 0: no VmHWM records
     stack_bytes: int = 16384  # user stack copied per vital record; 0: none
+    stack_depth: int = DEFAULT_STACK_DEPTH  # frames the console shows; the log keeps them all
 
     @property
     def discovers(self) -> bool:
@@ -221,7 +223,7 @@ class Tracer:
         session: BccSession | None = None
         try:
             session = self.session = self._open_backend()
-            self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps)
+            self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder())
             for info in infos:
                 session.add_target(info.pid)
             self._open_taskstats()

@@ -178,3 +178,46 @@ def test_import_bcc_without_bcc(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "--system-site-packages" in msg
     assert "\n" not in msg
     assert ei.value.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "depth"),
+    [
+        (["-p", str(os.getpid())], 8),
+        (["-p", str(os.getpid()), "--stack-depth", "3"], 3),
+        (["run", "--stack-depth", "0", "--", "true"], 0),
+    ],
+)
+def test_stack_depth_reaches_the_tracer_and_the_console(
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    no_kernel_checks: None,
+    args: list[str],
+    depth: int,
+) -> None:
+    from tests.unit.test_output import deep_peak
+
+    seen: list[int] = []
+
+    def fake_run(self: Tracer, started: float) -> int:
+        seen.append(self.opts.stack_depth)
+        for sink in self.sinks:
+            sink.write(deep_peak(20))
+            sink.flush()
+        return 0
+
+    monkeypatch.setattr(Tracer, "run", fake_run)
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert seen == [depth]
+    frames = [line.strip() for line in res.output.splitlines() if line.startswith("      ")]
+    assert frames == [f"#{i} f{i}+0x{i:x} (/opt/job/bin/job)" for i in range(depth)] + (
+        [f"... {20 - depth} more"] if depth else []
+    )
+
+
+def test_stack_depth_is_a_count(runner: CliRunner) -> None:
+    res = runner.invoke(cli, ["-p", "1", "--stack-depth", "-1"])
+    assert res.exit_code == 2
+    assert "--stack-depth" in res.output
+    assert "--stack-depth N" in runner.invoke(cli, ["--help"]).output

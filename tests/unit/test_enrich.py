@@ -1,18 +1,22 @@
 """Enricher: kernel records (abi.KernelEvent) → `Change`s with causes, mappings and stacks.
 
-Events are built directly (no BPF); the I/O callables are fakes that record their calls.
-Page size 4096, so 1 page = 4 kB.
+Events are built directly (no BPF); the I/O callables are fakes that record their calls, and
+the unwinder is a small one that reads return addresses off the stack snapshot (the real CFI
+unwinder is tested on its own). Page size 4096, so 1 page = 4 kB.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from vmtrace.abi import FLAG_HAS_RET, EventKind, KernelEvent
 from vmtrace.enrich import Enricher
-from vmtrace.records import Mapping
+from vmtrace.records import UNNAMED_FILE, MappedFile, Mapping
+from vmtrace.unwind import Frame, UserStack
 
 PAGE = 4096
 PID = 1000
@@ -32,9 +36,10 @@ def ev(
     hiwater: tuple[int, int] = (0, 0),
     stack: tuple[int, int] = (33, 33),
     peak_before: int = 1000,
-    stack_id: int = -1,
     user_sp: int = 0,
     pid: int = PID,
+    file: MappedFile | None = None,
+    user_stack: UserStack | None = None,
 ) -> KernelEvent:
     """A kernel record; counters in pages."""
     return KernelEvent(
@@ -52,32 +57,59 @@ def ev(
         stack_vm_before_pages=stack[0],
         stack_vm_after_pages=stack[1],
         peak_before_pages=peak_before,
-        user_sp=user_sp,
-        user_ip=0x5555_5555_1234,
-        stack_id=stack_id,
         flags=FLAG_HAS_RET if ret is not None else 0,
         comm="worker",
+        file=file,
+        user_stack=user_stack
+        if user_stack is not None or not user_sp
+        else UserStack(ip=0x5555_5555_1234, sp=user_sp, bp=0, data=b""),
+    )
+
+
+def file_of(path: str, ino: int = 1234) -> MappedFile:
+    return MappedFile(path, ino, 0x801)
+
+
+class ReturnAddressUnwinder:
+    """Frame 0 at ip, then one frame per 8-byte word of the snapshot, until a word that is not
+    in an executable mapping; modules and offsets from `find_mapping` alone."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[UserStack, int]] = []
+
+    def unwind(
+        self,
+        stack: UserStack,
+        find_mapping: Callable[[int], Mapping | None],
+        max_frames: int = 64,
+    ) -> list[Frame]:
+        self.calls.append((stack, max_frames))
+        words = [w for (w,) in struct.iter_unpack("<Q", stack.data)]
+        frames: list[Frame] = []
+        for addr in [stack.ip, *words][:max_frames]:
+            m = find_mapping(addr)
+            if m is None or "x" not in m.perms:
+                break
+            frames.append(Frame(addr, None, None, m.path, m.offset + addr - m.start))
+        return frames
+
+
+def snapshot(*addrs: int) -> UserStack:
+    """A stack whose ip is addrs[0] and whose words are the rest (return addresses)."""
+    return UserStack(
+        addrs[0], 0x7FFF_FFFE_0000, 0, b"".join(struct.pack("<Q", a) for a in addrs[1:])
     )
 
 
 class Fakes:
     def __init__(self) -> None:
-        self.named: list[tuple[int, int, int, int]] = []
-        self.files: dict[int, str] = {}
         self.maps_read: list[int] = []
         self.maps_after_exec: list[Mapping] = []
-        self.stacks: dict[int, list[tuple[int, str | None]]] = {}
-
-    def name_file(self, pid: int, fd: int, start: int, end: int) -> str | None:
-        self.named.append((pid, fd, start, end))
-        return self.files.get(fd)
+        self.unwinder = ReturnAddressUnwinder()
 
     def read_maps(self, pid: int) -> list[Mapping]:
         self.maps_read.append(pid)
         return list(self.maps_after_exec)
-
-    def symbolize(self, pid: int, stack_id: int) -> list[tuple[int, str | None]]:
-        return self.stacks.get(stack_id, [])
 
 
 @pytest.fixture
@@ -87,7 +119,7 @@ def fakes() -> Fakes:
 
 @pytest.fixture
 def enr(fakes: Fakes) -> Enricher:
-    e = Enricher(PAGE, fakes.name_file, fakes.read_maps, fakes.symbolize)
+    e = Enricher(PAGE, fakes.read_maps, fakes.unwinder)
     e.attach(PID, [HEAP, LIBC, STACK])
     return e
 
@@ -123,26 +155,106 @@ def test_anonymous_mmap(enr: Enricher, fakes: Fakes) -> None:
     assert c.kernel_peak_kb_before == 4000
     assert (c.stack_vm_kb_before, c.stack_vm_kb_after) == (132, 132)
     assert (c.pid, c.tid, c.comm, c.ts_ns) == (PID, PID + 1, "worker", 123_456_789)
-    assert fakes.named == []  # anonymous: the namer is not asked
+    assert c.stack is None  # no snapshot in the record
     assert enr.shadow(PID).find(addr) == c.mapping
 
 
-def test_file_mmap_is_named_by_the_namer(enr: Enricher, fakes: Fakes) -> None:
-    fakes.files[3] = "/data/model.bin"
+def test_file_mmap_is_named_by_the_kernels_file(enr: Enricher) -> None:
     addr = 0x7F55_0000_0000
-    c = enr.enrich(ev(nr=9, args=(0, 8192, 0x1, 0x01, 3, 0x10000), ret=addr, total=(1000, 1002)))
-    assert fakes.named == [(PID, 3, addr, addr + 8192)]
+    c = enr.enrich(
+        ev(
+            nr=9,
+            args=(0, 8192, 0x1, 0x01, 3, 0x10000),
+            ret=addr,
+            total=(1000, 1002),
+            file=file_of("/data/model.bin"),
+        )
+    )
     assert c.mapping == Mapping(addr, addr + 8192, "r--s", "/data/model.bin", 0x10000)
     assert c.args is not None
     assert (c.args["prot"], c.args["flags"], c.args["fd"]) == ("r--", "shared", 3)
+    assert enr.shadow(PID).find(addr + 4096) == c.mapping
 
 
-def test_file_mmap_with_unknown_name_says_fd(enr: Enricher) -> None:
+def test_file_mmap_without_a_file_is_not_named_by_its_fd(enr: Enricher) -> None:
     addr = 0x7F55_0000_0000
     c = enr.enrich(ev(nr=9, args=(0, 4096, 0x5, 0x12, 7, 0), ret=addr, total=(1000, 1001)))
-    assert c.mapping == Mapping(addr, addr + 4096, "r-xp", "[fd 7]", 0)
+    assert c.mapping == Mapping(addr, addr + 4096, "r-xp", UNNAMED_FILE, 0)
+    assert UNNAMED_FILE == "[file]"
     assert c.args is not None
     assert c.args["flags"] == "private|fixed"
+
+
+def test_deleted_file_keeps_the_kernels_name(enr: Enricher) -> None:
+    addr = 0x7F55_0000_0000
+    c = enr.enrich(
+        ev(
+            nr=9,
+            args=(0, 4096, 0x1, 0x02, 5, 0),
+            ret=addr,
+            total=(1000, 1001),
+            file=file_of("/tmp/scratch (deleted)"),
+        )
+    )
+    assert c.mapping is not None and c.mapping.path == "/tmp/scratch (deleted)"
+
+
+def test_one_fd_number_for_two_files_names_each_by_its_own(enr: Enricher) -> None:
+    """ld.so maps a library, closes the fd, opens the next one on the same number: each
+    mapping keeps the name the kernel gave it at its own mmap."""
+    a, b = 0x7F55_0000_0000, 0x7F56_0000_0000
+    libm = "/usr/lib/x86_64-linux-gnu/libm.so.6"
+    libz = "/usr/lib/x86_64-linux-gnu/libz.so.1"
+    enr.enrich(
+        ev(nr=9, args=(0, 8192, 1, 0x02, 3, 0), ret=a, total=(1000, 1002), file=file_of(libm, 1))
+    )
+    enr.enrich(
+        ev(nr=9, args=(0, 8192, 1, 0x02, 3, 0), ret=b, total=(1002, 1004), file=file_of(libz, 2))
+    )
+    sh = enr.shadow(PID)
+    assert (sh.find(a).path, sh.find(b).path) == (libm, libz)  # type: ignore[union-attr]
+
+
+def test_ld_so_split_of_a_library_keeps_its_name(enr: Enricher) -> None:
+    """ld.so reserves the whole library with one mmap, then maps its segments over it with
+    MAP_FIXED: every piece is named, none by an fd."""
+    base = 0x7F60_0000_0000
+    lib = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    enr.enrich(
+        ev(nr=9, args=(0, 0x5000, 1, 0x802, 3, 0), ret=base, total=(1000, 1005), file=file_of(lib))
+    )
+    text = enr.enrich(
+        ev(
+            nr=9,
+            args=(base + 0x1000, 0x2000, 5, 0x812, 3, 0x1000),
+            ret=base + 0x1000,
+            total=(1005, 1005),
+            file=file_of(lib),
+        )
+    )
+    assert text.mapping == Mapping(base + 0x1000, base + 0x3000, "r-xp", lib, 0x1000)
+    assert [
+        (m.perms, m.path, m.offset) for m in enr.shadow(PID).overlapping(base, base + 0x5000)
+    ] == [
+        ("r--p", lib, 0),
+        ("r-xp", lib, 0x1000),
+        ("r--p", lib, 0x3000),
+    ]
+
+
+def test_anonymous_mmap_stays_anonymous_whatever_file_the_kernel_names(enr: Enricher) -> None:
+    """MAP_SHARED|MAP_ANONYMOUS is backed by a shmem file ("/dev/zero (deleted)"): still [anon]."""
+    addr = 0x7F55_0000_0000
+    c = enr.enrich(
+        ev(
+            nr=9,
+            args=(0, 4096, 3, 0x21, MINUS_ONE_U64, 0),
+            ret=addr,
+            total=(1000, 1001),
+            file=file_of("/dev/zero (deleted)"),
+        )
+    )
+    assert c.mapping == Mapping(addr, addr + 4096, "rw-s", "[anon]", 0)
 
 
 def test_munmap_names_the_region_from_the_shadow(enr: Enricher) -> None:
@@ -197,7 +309,7 @@ def test_brk_grow_and_shrink_use_the_shadow_heap(enr: Enricher) -> None:
 
 
 def test_brk_without_a_known_heap_creates_one(fakes: Fakes) -> None:
-    enr = Enricher(PAGE, fakes.name_file, fakes.read_maps, fakes.symbolize)
+    enr = Enricher(PAGE, fakes.read_maps, fakes.unwinder)
     enr.attach(PID, [])
     new_brk = 0x5555_6000_0100  # brk is not page aligned; the heap end is
     c = enr.enrich(ev(nr=12, args=(new_brk,), ret=new_brk, total=(1000, 1002)))
@@ -247,17 +359,24 @@ def test_shmat_read_only_is_mapped_read_only(enr: Enricher) -> None:
     assert c.mapping == Mapping(at, at + (1 << 20), "r--s", "[shm]")
 
 
-def test_map_shared_validate_is_shared(enr: Enricher, fakes: Fakes) -> None:
-    fakes.files[4] = "/dev/shm/ring"
+def test_map_shared_validate_is_shared(enr: Enricher) -> None:
     addr = 0x7F55_0000_0000
-    c = enr.enrich(ev(nr=9, args=(0, 4096, 0x3, 0x03, 4, 0), ret=addr, total=(1000, 1001)))
+    c = enr.enrich(
+        ev(
+            nr=9,
+            args=(0, 4096, 0x3, 0x03, 4, 0),
+            ret=addr,
+            total=(1000, 1001),
+            file=file_of("/dev/shm/ring"),
+        )
+    )
     assert c.args is not None
     assert c.args["flags"] == "shared_validate"
     assert c.mapping == Mapping(addr, addr + 4096, "rw-s", "/dev/shm/ring", 0)
 
 
 def test_stack_growth_in_a_page_fault_extends_the_stack_down(enr: Enricher) -> None:
-    c = enr.enrich(ev(kind=EventKind.OTHER, nr=-1, total=(1000, 1002), stack=(33, 35), stack_id=-1))
+    c = enr.enrich(ev(kind=EventKind.OTHER, nr=-1, total=(1000, 1002), stack=(33, 35)))
     assert c.kind == "change"
     assert c.cause == "stack-growth"
     assert c.syscall is None
@@ -271,7 +390,7 @@ def test_stack_growth_in_a_page_fault_extends_the_stack_down(enr: Enricher) -> N
 
 
 def test_stack_growth_without_a_known_stack_uses_sp(fakes: Fakes) -> None:
-    enr = Enricher(PAGE, fakes.name_file, fakes.read_maps, fakes.symbolize)
+    enr = Enricher(PAGE, fakes.read_maps, fakes.unwinder)
     c = enr.enrich(
         ev(kind=EventKind.OTHER, nr=-1, total=(10, 11), stack=(1, 2), user_sp=0x7FFF_0000_1234)
     )
@@ -319,47 +438,110 @@ def test_exec_rereads_the_maps(enr: Enricher, fakes: Fakes) -> None:
     assert enr.shadow(PID).mappings() == [new_bin]
 
 
-def test_stack_frames_symbolised_and_file_offsets(enr: Enricher, fakes: Fakes) -> None:
-    anon = Mapping(0x7F77_0000_0000, 0x7F77_0001_0000, "rwxp", "[anon]")
-    enr.shadow(PID).insert(anon)
-    fakes.stacks[5] = [
-        (0x5555_5555_1234, "main+0x14 [job]"),
-        (LIBC.start + 0x1A2B, None),
-        (anon.start + 0x10, None),
-        (0x1234, None),
-    ]
-    c = enr.enrich(
-        ev(
-            nr=9,
-            args=(0, 4096, 3, 0x22, MINUS_ONE_U64, 0),
-            ret=0x7F00_1000_0000,
-            total=(1000, 1001),
-            stack_id=5,
-        )
+JOB = Mapping(0x5555_5555_0000, 0x5555_5555_8000, "r-xp", "/opt/job/bin/job", 0x1000)
+
+
+def anon_mmap(**kw: Any) -> KernelEvent:
+    return ev(
+        nr=9,
+        args=(0, 4096, 3, 0x22, MINUS_ONE_U64, 0),
+        ret=0x7F00_1000_0000,
+        total=(1000, 1001),
+        **kw,
     )
+
+
+def test_stack_is_unwound_against_the_shadow_address_space(enr: Enricher, fakes: Fakes) -> None:
+    enr.shadow(PID).insert(JOB)
+    data = Mapping(0x7F77_0000_0000, 0x7F77_0001_0000, "rw-p", "[anon]")
+    enr.shadow(PID).insert(data)
+    stack = snapshot(LIBC.start + 0x1A2B, JOB.start + 0x345, JOB.start + 0x10, data.start + 8)
+    c = enr.enrich(anon_mmap(user_stack=stack))
     assert c.stack == (
-        "main+0x14 [job]",
-        f"0x{LIBC.start + 0x1A2B:x} (/usr/lib/libc.so.6+0x{0x28000 + 0x1A2B:x})",
-        f"0x{anon.start + 0x10:x}",
-        "0x1234",
-    )
+        Frame(LIBC.start + 0x1A2B, None, None, LIBC.path, 0x28000 + 0x1A2B),
+        Frame(JOB.start + 0x345, None, None, JOB.path, 0x1345),
+        Frame(JOB.start + 0x10, None, None, JOB.path, 0x1010),
+    )  # the data word is no frame: the unwinder stopped there
+    assert fakes.unwinder.calls == [(stack, 64)]
 
 
-def test_no_stack_without_stack_id_or_symbolizer(fakes: Fakes) -> None:
-    enr = Enricher(PAGE, fakes.name_file, fakes.read_maps, None)
-    c = enr.enrich(
+def test_stack_resolves_after_the_process_is_gone(enr: Enricher, fakes: Fakes) -> None:
+    """Nothing is read from /proc for a stack: what the shadow knows is enough."""
+    enr.shadow(PID).insert(JOB)
+    fakes.maps_after_exec = []  # /proc/PID/maps would be gone
+    c = enr.enrich(anon_mmap(user_stack=snapshot(JOB.start + 0x20, LIBC.start + 0x30)))
+    assert c.stack is not None
+    assert [(f.module, f.module_offset) for f in c.stack] == [
+        (JOB.path, 0x1020),
+        (LIBC.path, 0x28030),
+    ]
+    assert fakes.maps_read == []
+
+
+def test_stack_uses_the_address_space_of_its_own_process(enr: Enricher) -> None:
+    other = 2000
+    enr.attach(other, [Mapping(LIBC.start, LIBC.end, "r-xp", "/other/libc.so.6", 0)])
+    stack = snapshot(LIBC.start + 0x10)
+    mine = enr.enrich(anon_mmap(user_stack=stack))
+    theirs = enr.enrich(anon_mmap(user_stack=stack, pid=other))
+    assert mine.stack is not None and theirs.stack is not None
+    assert (mine.stack[0].module, theirs.stack[0].module) == (LIBC.path, "/other/libc.so.6")
+    assert enr.unwind(other, stack) == list(theirs.stack)
+
+
+def test_a_library_mapped_by_a_record_resolves_the_next_stacks(enr: Enricher) -> None:
+    lib = "/usr/lib/x86_64-linux-gnu/libz.so.1"
+    at = 0x7F55_0000_0000
+    enr.enrich(
         ev(
             nr=9,
-            args=(0, 4096, 3, 0x22, MINUS_ONE_U64, 0),
-            ret=0x7F00_1000_0000,
-            total=(1000, 1001),
-            stack_id=3,
+            args=(0, 0x4000, 5, 0x02, 3, 0x2000),
+            ret=at,
+            total=(1000, 1004),
+            file=file_of(lib),
         )
     )
-    assert c.stack is None
-    enr2 = Enricher(PAGE, fakes.name_file, fakes.read_maps, fakes.symbolize)
-    c2 = enr2.enrich(ev(nr=9, ret=0x7F00_1000_0000, stack_id=-14))
-    assert c2.stack is None
+    c = enr.enrich(anon_mmap(user_stack=snapshot(at + 0x100)))
+    assert c.stack == (Frame(at + 0x100, None, None, lib, 0x2100),)
+
+
+def test_exec_stack_is_unwound_in_the_new_image(enr: Enricher, fakes: Fakes) -> None:
+    new_bin = Mapping(0x5600_0000_0000, 0x5600_0000_4000, "r-xp", "/usr/bin/new", 0)
+    fakes.maps_after_exec = [new_bin]
+    c = enr.enrich(
+        ev(
+            kind=EventKind.EXEC,
+            nr=59,
+            ret=0,
+            total=(5000, 600),
+            user_stack=snapshot(new_bin.start + 0x40),
+        )
+    )
+    assert c.stack == (Frame(new_bin.start + 0x40, None, None, "/usr/bin/new", 0x40),)
+
+
+def test_max_frames_is_passed_to_the_unwinder(fakes: Fakes) -> None:
+    enr = Enricher(PAGE, fakes.read_maps, fakes.unwinder, max_frames=2)
+    enr.attach(PID, [JOB])
+    c = enr.enrich(anon_mmap(user_stack=snapshot(*(JOB.start + i for i in range(5)))))
+    assert c.stack is not None and len(c.stack) == 2
+    assert fakes.unwinder.calls[-1][1] == 2
+
+
+def test_no_stack_without_a_snapshot_or_an_unwinder(fakes: Fakes) -> None:
+    enr = Enricher(PAGE, fakes.read_maps)
+    enr.attach(PID, [LIBC])
+    assert enr.enrich(anon_mmap(user_stack=snapshot(LIBC.start))).stack is None
+    assert enr.unwind(PID, snapshot(LIBC.start)) == []
+    enr2 = Enricher(PAGE, fakes.read_maps, fakes.unwinder)
+    assert enr2.enrich(anon_mmap()).stack is None
+    assert fakes.unwinder.calls == []
+
+
+def test_an_empty_unwind_is_an_empty_stack(enr: Enricher) -> None:
+    """A snapshot whose ip is in no mapping: no garbage frame, and no frame at all."""
+    c = enr.enrich(anon_mmap(user_stack=snapshot(0x1234)))
+    assert c.stack == ()
 
 
 def test_failed_mmap_has_no_mapping(enr: Enricher) -> None:
@@ -398,6 +580,6 @@ def _kb(c: Any) -> tuple[int, int]:
 
 
 def test_units_follow_the_page_size(fakes: Fakes) -> None:
-    enr = Enricher(16384, fakes.name_file, fakes.read_maps, fakes.symbolize)
+    enr = Enricher(16384, fakes.read_maps, fakes.unwinder)
     c = enr.enrich(ev(kind=EventKind.OTHER, nr=206, total=(10, 12)))
     assert _kb(c) == (160, 192)

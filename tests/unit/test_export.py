@@ -257,3 +257,20 @@ def test_cli_export(tmp_path: Path) -> None:
 def test_exports_stream_the_same_records(path: Path) -> None:
     n = sum(1 for _ in read_log(path))
     assert len(rows(path)) == n
+
+
+def test_version_2_stacks_in_csv_and_perfetto() -> None:
+    stacks = FIXTURES / "stacks_small.jsonl"
+    peak = rows(stacks)[2]
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    frames = peak["stack"].split(" | ")
+    assert len(frames) == 9
+    assert frames[0] == f"__mmap64+0x13 ({libc})"
+    assert frames[6] == "parse_a+0x57 (/opt/index/bin/index) at index.c:70"
+    brk = rows(stacks)[6]
+    assert brk["stack"].split(" | ")[1] == "/opt/index/bin/index+0x5a10"
+    trace, _ = perfetto(stacks)
+    instants = [e for e in check_trace(trace) if e["name"].startswith("peak: ")]
+    first = next(r for r in read_log(stacks) if r["type"] == "peak")
+    assert instants[0]["args"]["stack"] == first["stack"]
+    assert instants[0]["args"]["stack"][6]["function"] == "parse_a"

@@ -31,13 +31,15 @@ from vmtrace.logread import (
 from vmtrace.plot import collect
 from vmtrace.records import Change, Explained, Mapping
 from vmtrace.report import build_report
-from vmtrace.schema import explained_record
+from vmtrace.schema import SCHEMA_VERSION, explained_record
 from vmtrace.units import WallClock
+from vmtrace.unwind import Frame
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RUN = FIXTURES / "run_small.jsonl"
 ATTACH = FIXTURES / "attach_small.jsonl"
 MISMATCH = FIXTURES / "mismatch_small.jsonl"
+STACKS = FIXTURES / "stacks_small.jsonl"  # version 2: stacks of frame objects
 
 
 def records(path: Path, warnings: list[str] | None = None) -> list[dict[str, Any]]:
@@ -163,13 +165,13 @@ def test_invalid_utf8_is_an_error_in_the_middle_a_warning_at_the_cut(tmp_path: P
 def test_newer_version_is_refused_clearly(tmp_path: Path) -> None:
     lines = fixture_lines(RUN)
     start = json.loads(lines[0])
-    start["version"] = 2
-    log = write_lines(tmp_path / "v2.jsonl", [json.dumps(start), *lines[1:]])
+    start["version"] = SCHEMA_VERSION + 1
+    log = write_lines(tmp_path / "v_next.jsonl", [json.dumps(start), *lines[1:]])
     with pytest.raises(LogFormatError) as err:
         records(log)
     assert str(err.value) == (
-        f"failed to read {log}: it is a version 2 log and this vmtrace reads version 1 at "
-        "most (fix: read it with a newer vmtrace)"
+        f"failed to read {log}: it is a version {SCHEMA_VERSION + 1} log and this vmtrace "
+        f"reads version {SCHEMA_VERSION} at most (fix: read it with a newer vmtrace)"
     )
 
 
@@ -223,7 +225,7 @@ def replay(path: Path) -> list[tuple[dict[str, Any], Explained]]:
     return out
 
 
-@pytest.mark.parametrize("path", [RUN, ATTACH, MISMATCH], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [RUN, ATTACH, MISMATCH, STACKS], ids=lambda p: p.name)
 def test_engine_re_explains_each_change_record_as_logged(path: Path) -> None:
     for rec, e in replay(path):
         assert (e.type, e.vm_peak_kb, e.vm_peak_kb_before) == (
@@ -240,10 +242,11 @@ def test_change_from_record_fields() -> None:
     assert c.kind == "change" and c.cause == "mremap" and c.syscall == "mremap"
     assert c.ret == 0x7F4000000000  # hex string -> int
     assert c.mapping == Mapping(0x7F4000000000, 0x7F4000400000, "rw-p", "[anon]", 0)
+    # a version 1 log: each symbolised string is a frame's function, with no module
     assert c.stack == (
-        "__GI___mremap+0x30 [libc.so.6]",
-        "worker_main+0x40 [job]",
-        "start_thread+0x305 [libc.so.6]",
+        Frame(0, "__GI___mremap+0x30 [libc.so.6]", None, None, None),
+        Frame(0, "worker_main+0x40 [job]", None, None, None),
+        Frame(0, "start_thread+0x305 [libc.so.6]", None, None, None),
     )
     assert (c.total_vm_kb_before, c.total_vm_kb_after, c.delta_kb) == (10980, 13028, 2048)
     assert (c.hiwater_vm_kb_before, c.hiwater_vm_kb_after) == (1756, 1756)
@@ -251,6 +254,66 @@ def test_change_from_record_fields() -> None:
     assert c.tid == 101 and c.comm == "worker"
     assert change_from_record(recs[2]).kind == "exec"
     assert change_from_record(recs[1]).kind == "baseline"
+
+
+def test_version_1_stacks_are_read_as_frames() -> None:
+    """A version 1 log's stack (symbolised strings) reaches the tools as frame objects."""
+    recs = records(RUN)
+    assert recs[0]["version"] == 1
+    assert recs[13]["stack"][0] == {
+        "address": "0x0",
+        "function": "__GI___mremap+0x30 [libc.so.6]",
+        "offset": None,
+        "module": None,
+        "module_offset": None,
+    }
+    raw = json.loads(fixture_lines(RUN)[13])
+    assert [f["function"] for f in recs[13]["stack"]] == raw["stack"]
+    assert recs[7]["stack"] is None  # no stack stays no stack
+
+
+def test_version_2_stacks_are_frames() -> None:
+    recs = records(STACKS)
+    assert recs[0]["version"] == 2
+    raw = [json.loads(line) for line in fixture_lines(STACKS)]
+    assert [r.get("stack") for r in recs] == [r.get("stack") for r in raw]  # untouched
+    peak = recs[2]
+    c = change_from_record(peak)
+    assert c.stack is not None and len(c.stack) == 9
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    assert c.stack[0] == Frame(0x7F00001052A3, "__mmap64", 0x13, libc, 0x1052A3)
+    assert c.stack[4] == Frame(
+        0x555555555A21, "xalloc", 0x11, "/opt/index/bin/index", 0x1A21, "index.c", 31
+    )
+    brk = change_from_record(recs[6])
+    assert brk.stack is not None
+    assert brk.stack[1] == Frame(0x555555559A10, None, None, "/opt/index/bin/index", 0x5A10)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stack": "f"}, "field 'stack' is not a list"),
+        ({"stack": [1]}, r"field 'stack\[0\]' is not an object"),
+        ({"stack": [{"function": "f"}]}, "field 'address' is missing"),
+        ({"stack": [{"address": "0xzz"}]}, r"field 'stack\[0\].address' is not a hex address"),
+        (
+            {"stack": [{"address": "0x1", "function": 3}]},
+            r"field 'stack\[0\].function' is not a string",
+        ),
+        ({"stack": [{"address": "0x1", "offset": -1}]}, r"field 'stack\[0\].offset' is negative"),
+        (
+            {"stack": [{"address": "0x1", "line": "12"}]},
+            r"field 'stack\[0\].line' is not an integer",
+        ),
+    ],
+)
+def test_bad_frames_are_errors(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    lines = fixture_lines(STACKS)
+    rec = dict(json.loads(lines[2]), **change)
+    log = write_lines(tmp_path / "bad.jsonl", [*lines[:2], json.dumps(rec), *lines[3:]])
+    with pytest.raises(LogFormatError, match=r"line 3: peak record: " + message):
+        records(log)
 
 
 def test_change_from_record_refuses_other_records_and_bad_fields() -> None:
@@ -266,6 +329,17 @@ def test_change_from_record_refuses_other_records_and_bad_fields() -> None:
 
 _addr = st.integers(min_value=0x1000, max_value=0x7FFF_FFFF_F000).map(lambda a: a & ~0xFFF)
 _kb = st.integers(min_value=0, max_value=1 << 40)
+_small = st.none() | st.integers(min_value=0, max_value=1 << 40)
+_frames = st.builds(
+    Frame,
+    st.integers(min_value=0, max_value=(1 << 64) - 1),
+    st.none() | st.text(max_size=40),
+    _small,
+    st.none() | st.sampled_from(["/usr/lib/x86_64-linux-gnu/libc.so.6", "/opt/job (deleted)"]),
+    _small,
+    st.none() | st.text(max_size=20),
+    st.none() | st.integers(min_value=1, max_value=1 << 20),
+)
 
 
 @st.composite
@@ -314,7 +388,7 @@ def changes(draw: st.DrawFn) -> Change:
         stack_vm_kb_after=draw(_kb),
         kernel_peak_kb_before=draw(_kb),
         mapping=mapping,
-        stack=draw(st.none() | st.lists(st.text(max_size=40), max_size=5).map(tuple)),
+        stack=draw(st.none() | st.lists(_frames, max_size=5).map(tuple)),
     )
 
 

@@ -20,6 +20,7 @@ from vmtrace.records import Change, Explained, Mapping, ProcStatus, SampleCheck
 from vmtrace.sinks import ConsoleSink, JsonlSink, describe_call, open_log
 from vmtrace.syscalls import decode_args
 from vmtrace.units import WallClock, human_bytes, human_kb
+from vmtrace.unwind import Frame
 
 CLOCK = WallClock(monotonic_ns=1_000_000_000, wall_ns=1_700_000_000_000_000_000)
 TS = 2_500_000_000  # -> 2023-11-14T22:13:21.500000+00:00
@@ -28,6 +29,13 @@ ADDR = 0x7F12_3400_0000
 MIB64 = 64 * 1024 * 1024
 ANON = Mapping(ADDR, ADDR + MIB64, "rw-p", "[anon]")
 PID, TID = 4242, 4243
+LIBC_PATH = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+JOB_PATH = "/opt/job/bin/job"
+STACK = (
+    Frame(0x7F00_0001_1A2B, "__mmap64", 0x13, LIBC_PATH, 0x11A2B),
+    Frame(0x5555_5555_1234, "main", 0x14, JOB_PATH, 0x1234, "job.c", 42),
+    Frame(0x5555_5555_3A2B, None, None, JOB_PATH, 0x3A2B),
+)
 
 COMMON = (
     "type",
@@ -75,7 +83,7 @@ def mmap_change(ts: int = TS) -> Change:
         stack_vm_kb_after=132,
         kernel_peak_kb_before=10_000,
         mapping=ANON,
-        stack=("main+0x14 [job]", "0x7f00 (/lib/libc.so.6+0x1a2b)"),
+        stack=STACK,
     )
 
 
@@ -174,9 +182,34 @@ def test_peak_record_is_exactly_as_documented(
             "offset": 0,
             "path": "[anon]",
         },
-        "stack": ["main+0x14 [job]", "0x7f00 (/lib/libc.so.6+0x1a2b)"],
+        "stack": [
+            {
+                "address": "0x7f0000011a2b",
+                "function": "__mmap64",
+                "offset": 0x13,
+                "module": LIBC_PATH,
+                "module_offset": 0x11A2B,
+            },
+            {
+                "address": "0x555555551234",
+                "function": "main",
+                "offset": 0x14,
+                "module": JOB_PATH,
+                "module_offset": 0x1234,
+                "file": "job.c",
+                "line": 42,
+            },
+            {
+                "address": "0x555555553a2b",
+                "function": None,
+                "offset": None,
+                "module": JOB_PATH,
+                "module_offset": 0x3A2B,
+            },
+        ],
         "rss_kb": 0,
         "hwm_kb": 0,
+        "mm_id": None,
     }
     json.dumps(rec)  # serialisable as is
 
@@ -294,7 +327,7 @@ def test_session_records_have_null_pid(
 def test_start_record_fields(engine_and_records: tuple[PeakEngine, list[Explained]]) -> None:
     eng, recs = engine_and_records
     start = next(all_records(eng, recs))
-    assert start["version"] == 1
+    assert start["version"] == schema.SCHEMA_VERSION == 2
     assert (start["vmtrace"], start["kernel"], start["backend"]) == (
         "0.1.0",
         "6.18.44",
@@ -371,9 +404,9 @@ def test_exit_and_end_records(engine_and_records: tuple[PeakEngine, list[Explain
 _T = r"\d\d:\d\d:\d\d\.\d{3}"
 
 
-def console(records: list[dict[str, Any]], verbose: int = 0) -> list[str]:
+def console(records: list[dict[str, Any]], verbose: int = 0, stack_depth: int = 8) -> list[str]:
     out = io.StringIO()
-    sink = ConsoleSink(out, CLOCK, verbose)
+    sink = ConsoleSink(out, CLOCK, verbose, stack_depth=stack_depth)
     for r in records:
         sink.write(r)
     sink.close()
@@ -383,8 +416,8 @@ def console(records: list[dict[str, Any]], verbose: int = 0) -> list[str]:
 def test_console_peak(engine_and_records: tuple[PeakEngine, list[Explained]]) -> None:
     _, (peak, _, _) = engine_and_records
     lines = console([schema.explained_record(peak, CLOCK)])
-    assert len(lines) == 4
-    head, call, f0, f1 = lines
+    assert len(lines) == 5
+    head, call, f0, f1, f2 = lines
     assert " PEAK " in head
     assert "[75536 kB]" in head
     assert "tid 4243" in head
@@ -397,8 +430,74 @@ def test_console_peak(engine_and_records: tuple[PeakEngine, list[Explained]]) ->
         "    mmap(NULL, 64.00 MiB, rw-, private|anon) = 0x7f1234000000"
         "  [anon] 0x7f1234000000-0x7f1238000000 rw-p"
     )
-    assert f0 == "      #0 main+0x14 [job]"
-    assert f1 == "      #1 0x7f00 (/lib/libc.so.6+0x1a2b)"
+    assert f0 == f"      #0 __mmap64+0x13 ({LIBC_PATH})"
+    assert f1 == f"      #1 main+0x14 ({JOB_PATH}) at job.c:42"
+    assert f2 == f"      #2 {JOB_PATH}+0x3a2b"  # no symbol: where in the file, not an address
+
+
+def deep_peak(frames: int) -> dict[str, Any]:
+    c = mmap_change()
+    stack = tuple(
+        Frame(0x5555_5555_0000 + i, f"f{i}", i, JOB_PATH, 0x1000 + i) for i in range(frames)
+    )
+    e = Explained(
+        "peak",
+        Change(**{**{f: getattr(c, f) for f in c.__slots__}, "stack": stack}),
+        10_000,
+        75_536,
+    )
+    return schema.explained_record(e, CLOCK)
+
+
+@pytest.mark.parametrize(
+    ("frames", "depth", "shown", "more"),
+    [
+        (20, 8, 8, "... 12 more"),
+        (8, 8, 8, None),
+        (9, 8, 8, "... 1 more"),
+        (3, 1, 1, "... 2 more"),
+        (20, 0, 0, None),
+        (0, 8, 0, None),
+    ],
+)
+def test_console_stack_depth(frames: int, depth: int, shown: int, more: str | None) -> None:
+    lines = console([deep_peak(frames)], stack_depth=depth)[2:]
+    assert lines[:shown] == [f"      #{i} f{i}+0x{i:x} ({JOB_PATH})" for i in range(shown)]
+    assert lines[shown:] == ([f"      {more}"] if more else [])
+
+
+def test_console_latch_and_hwm_show_their_stacks(
+    engine_and_records: tuple[PeakEngine, list[Explained]],
+) -> None:
+    _, (_, latch, _) = engine_and_records
+    c = latch.change
+    with_stack = Explained(
+        "latch",
+        Change(**{**{f: getattr(c, f) for f in c.__slots__}, "stack": STACK[:2]}),
+        latch.vm_peak_kb_before,
+        latch.vm_peak_kb,
+    )
+    lines = console([schema.explained_record(with_stack, CLOCK)], stack_depth=1)
+    assert lines[2:] == [f"      #0 __mmap64+0x13 ({LIBC_PATH})", "      ... 1 more"]
+    hwm = dict(
+        schema.explained_record(with_stack, CLOCK),
+        type="hwm",
+        hwm_kb_before=100,
+        hwm_kb=2000,
+        rss_member="anon",
+        syscall=None,
+    )
+    lines = console([hwm])
+    assert lines[1] == "    anon pages brought in by page faults"
+    assert lines[2:] == [
+        f"      #0 __mmap64+0x13 ({LIBC_PATH})",
+        f"      #1 main+0x14 ({JOB_PATH}) at job.c:42",
+    ]
+
+
+def test_console_shows_version_1_frames_as_they_were_logged() -> None:
+    rec = dict(deep_peak(0), stack=["__mmap64+0x13 [libc.so.6]", "main+0x10 [job]"])
+    assert console([rec])[2:] == ["      #0 __mmap64+0x13 [libc.so.6]", "      #1 main+0x10 [job]"]
 
 
 def test_console_latch(engine_and_records: tuple[PeakEngine, list[Explained]]) -> None:

@@ -10,6 +10,11 @@ The numbers asserted here were worked out by hand from the fixtures (tests/fixtu
 - attach_small: `vmtrace -p 200`, VmPeak 5000 at attach with 3000 mapped (maps record);
   grow +1000 anon; peak +1536 shared anon (to 5536); stack growth +64 (to 5600).
 - mismatch_small: 3 records lost; /proc says 1700 where the events say 1500, twice.
+- stacks_small (version 2, whole stacks): `vmtrace -p 300`, VmPeak 10000 at attach. mmap +4096
+  from malloc ← xalloc ← grow_buffer ← parse_a ← main (peak +2008 to 12008); its munmap
+  (latch); mmap +6144 by the same innermost six frames from parse_b (peak +2048 to 14056);
+  mmap +1024 from parse_a again (peak +1024 to 15080); brk +132 from a frame without a symbol
+  (peak to 15212, the final VmPeak).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import pytest
 
 from vmtrace.errors import LogFormatError, UsageError
+from vmtrace.frames import describe_frame
 from vmtrace.logread import LogReader, numbered
 from vmtrace.records import Change, Mapping
 from vmtrace.report import (
@@ -46,6 +52,7 @@ from vmtrace.report import (
     ProcessReport,
     Report,
     build_report,
+    call_chain,
     call_site,
     coalesce,
     group_of,
@@ -54,10 +61,12 @@ from vmtrace.report import (
     render_text,
     report_dict,
 )
+from vmtrace.unwind import Frame
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 RUN = FIXTURES / "run_small.jsonl"
+STACKS = FIXTURES / "stacks_small.jsonl"
 ATTACH = FIXTURES / "attach_small.jsonl"
 MISMATCH = FIXTURES / "mismatch_small.jsonl"
 
@@ -283,7 +292,8 @@ def test_records_without_end_are_reported_as_incomplete(tmp_path: Path) -> None:
         ("r-xp", "/usr/lib/libc.so.6", FILE),
         ("rw-p", "[anon]", ANON),
         ("r-xp", "[vdso]", OTHER),
-        ("rw-p", "[fd 3]", OTHER),
+        ("rw-p", "[fd 3]", OTHER),  # version 1 logs: a file mapping named too late
+        ("r--p", "[file]", FILE),  # a file the kernel side sent no name for
     ],
 )
 def test_group_of(perms: str, path: str, group: str) -> None:
@@ -356,8 +366,103 @@ def test_coalesce_and_call_site() -> None:
         pieces[2],
         pieces[3],
     ]
-    assert call_site(["f+1", "r+2", "r+2", "r+2", "main+3"]) == ("f+1", "r+2", "main+3")
-    assert call_site(None) == ("(no stack)",)
+
+
+def fr(function: str | None, module_offset: int, address: int = 0x5555_0000_0000) -> Frame:
+    off = None if function is None else module_offset & 0xFF
+    return Frame(address + module_offset, function, off, "/opt/job", module_offset)
+
+
+def test_call_site_and_call_chain_keys() -> None:
+    f, r, m = fr("f", 0x101), fr("r", 0x202), fr("main", 0x303)
+    recursive = [f, r, r, r, m]
+    site = call_site(recursive)
+    assert [x.function for x in site] == ["f", "r", "main"]  # recursion collapsed
+    assert [x.function for x in call_chain(recursive)] == ["f", "r", "r", "r", "main"]
+    assert all(x.address == 0 for x in site)  # where in the file, not where it was mapped
+    deep = [fr(f"g{i}", i) for i in range(10)]
+    assert len(call_site(deep)) == 6 and len(call_chain(deep)) == 10
+    assert [describe_frame(x) for x in call_site(None)] == ["(no stack)"]
+    assert call_chain(None) == call_chain([]) == call_site(None)
+    # a frame with neither symbol nor module keeps its address: it is all there is
+    bare = Frame(0x1234, None, None, None, None)
+    assert call_chain([bare]) == (bare,)
+
+
+def test_stacks_log_causes_by_call_site_and_by_whole_chain() -> None:
+    p = only(report_of(STACKS))
+    assert p.final_vm_peak_kb == 15212
+    sites = [(c.cause, c.kb, c.peaks) for c in p.by_call_site]
+    assert sites == [
+        ("(VmPeak when vmtrace attached)", 10000, 0),
+        ("mmap", 2008 + 2048 + 1024, 3),  # parse_a's and parse_b's: the same innermost frames
+        ("brk", 132, 1),
+    ]
+    chains = [(c.cause, c.kb, c.peaks) for c in p.by_call_chain]
+    assert chains == [
+        ("(VmPeak when vmtrace attached)", 10000, 0),
+        ("mmap", 2008 + 1024, 2),  # parse_a, twice: one chain
+        ("mmap", 2048, 1),  # parse_b
+        ("brk", 132, 1),
+    ]
+    assert sum(c.kb for c in p.by_call_chain) == p.final_vm_peak_kb
+    assert sum(c.kb for c in p.by_call_site) == p.final_vm_peak_kb
+    a, b = p.by_call_chain[1], p.by_call_chain[2]
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    assert a.frames[0] == f"__mmap64+0x13 ({libc})"
+    assert a.frames[6:] == [
+        "parse_a+0x57 (/opt/index/bin/index) at index.c:70",
+        "main+0x20 (/opt/index/bin/index) at index.c:101",
+        f"__libc_start_call_main+0x7a ({libc})",
+    ]
+    assert b.frames[6] == "parse_b+0x33 (/opt/index/bin/index) at index.c:88"
+    assert a.where.split(" ← ")[4:7] == [
+        "xalloc+0x11 [index]",
+        "grow_buffer+0x2a [index]",
+        "parse_a+0x57 [index]",
+    ]
+    brk = p.by_call_chain[3]
+    assert brk.frames[1] == "/opt/index/bin/index+0x5a10"  # no symbol: never a bare address
+    assert p.by_call_chain[0].frames == [] and p.by_call_chain[0].where == ""
+
+
+def _shift_stack(rec: dict[str, Any], by: int) -> dict[str, Any]:
+    stack = [dict(f, address=hex(int(f["address"], 16) + by)) for f in rec["stack"]]
+    return dict(rec, stack=stack)
+
+
+def test_chains_group_exactly_wherever_the_objects_were_loaded(tmp_path: Path) -> None:
+    """The same chain loaded elsewhere (another run, another process: ASLR) is one group; a
+    chain that differs in one frame is another."""
+    lines = [json.loads(line) for line in STACKS.read_text().splitlines()]
+    peaks = [i for i, r in enumerate(lines) if r["type"] == "peak"]
+    lines[peaks[2]] = _shift_stack(lines[peaks[2]], 0x10_0000_0000)  # parse_a's second peak
+    log = tmp_path / "aslr.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    p = only(report_of(log))
+    assert [(c.cause, c.kb, c.peaks) for c in p.by_call_chain][1] == ("mmap", 3032, 2)
+
+    moved = lines[peaks[2]]
+    moved["stack"][6] = dict(moved["stack"][6], offset=0x58, module_offset=0x1B18)
+    log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    p = only(report_of(log))
+    assert [(c.kb, c.peaks) for c in p.by_call_chain if c.cause == "mmap"] == [
+        (2048, 1),
+        (2008, 1),
+        (1024, 1),
+    ]
+
+
+def test_version_1_log_has_call_chains_too() -> None:
+    p = only(report_of(RUN))
+    assert sum(c.kb for c in p.by_call_chain) == p.final_vm_peak_kb == 13028
+    chain = next(c for c in p.by_call_chain if c.cause == "mremap")
+    assert chain.frames == [
+        "__GI___mremap+0x30 [libc.so.6]",
+        "worker_main+0x40 [job]",
+        "start_thread+0x305 [libc.so.6]",
+    ]
+    assert chain.where == " ← ".join(chain.frames)
 
 
 def test_merge_runs_of_consecutive_peaks_of_one_call(tmp_path: Path) -> None:
@@ -392,6 +497,22 @@ def test_text_markdown_and_json_say_the_same() -> None:
     assert sum(g["kb"] for g in comp["groups"]) + comp["unattributed_kb"] == 13028
 
 
+def test_call_chains_in_text_markdown_and_json() -> None:
+    rep = report_of(STACKS)
+    text = render_text(rep)
+    section = text[text.index("  by call chain") : text.index("  by mapping:")]
+    assert "      #6 parse_a+0x57 (/opt/index/bin/index) at index.c:70" in section
+    assert "      #6 parse_b+0x33 (/opt/index/bin/index) at index.c:88" in section
+    assert "#1 /opt/index/bin/index+0x5a10" in section
+    md = render_markdown(rep)
+    assert "| kB | cause | call chain | peaks |" in md
+    assert "parse_b+0x33 [index] ← main+0x2c [index]" in md
+    d = json.loads(json.dumps(report_dict(rep)))
+    chains = d["processes"][0]["by_call_chain"]
+    assert [c["kb"] for c in chains] == [10000, 3032, 2048, 132]
+    assert chains[1]["frames"][6] == "parse_a+0x57 (/opt/index/bin/index) at index.c:70"
+
+
 def test_unexplained_part_of_vm_peak_is_its_own_cause(tmp_path: Path) -> None:
     """A process whose VmPeak the records never explain (here: the run child before exec,
     whose log ends there) still gets causes that add up, the remainder named."""
@@ -401,6 +522,7 @@ def test_unexplained_part_of_vm_peak_is_its_own_cause(tmp_path: Path) -> None:
     p = only(report_of(log))
     assert p.final_vm_peak_kb == 30000
     assert [(c.cause, c.kb) for c in p.by_call_site] == [(UNEXPLAINED, 30000)]
+    assert [(c.cause, c.kb) for c in p.by_call_chain] == [(UNEXPLAINED, 30000)]
 
 
 # -- the command line, without root and without bcc ----------------------------------------------
@@ -475,6 +597,7 @@ finally:
         ["report", "--format", "json"],
         ["export", "--format", "csv"],
         ["export", "--format", "perfetto"],
+        ["export", "--format", "folded"],
         ["plot", "-o", "{tmp}/p.svg"],
     ],
     ids=lambda c: "-".join(c[:3]).replace("{tmp}/", ""),

@@ -16,6 +16,7 @@ from vmtrace.cli.export import export_cmd
 from vmtrace.cli.plot import plot_cmd
 from vmtrace.cli.report import report_cmd
 from vmtrace.errors import VmtraceError
+from vmtrace.sinks import DEFAULT_STACK_DEPTH
 from vmtrace.units import parse_size
 
 # Kept here rather than imported, so `vmtrace --help` loads nothing of the tracer.
@@ -132,6 +133,15 @@ def common_options(f: F) -> F:
             metavar="SIZE",
             help="User stack copied by the kernel for each peak, latch and HWM record, to "
             "unwind its call chain (0: none; a multiple of 512 up to 64K).",
+        ),
+        click.option(
+            "--stack-depth",
+            type=click.IntRange(min=0),
+            default=DEFAULT_STACK_DEPTH,
+            show_default=True,
+            metavar="N",
+            help="User stack frames shown per PEAK, LATCH and HWM line (0: none; the -o log "
+            "keeps every frame).",
         ),
         click.option(
             "--rotate",

@@ -7,7 +7,14 @@ import signal
 import sys
 
 from vmtrace.errors import OutputError
-from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
+from vmtrace.sinks import (
+    DEFAULT_STACK_DEPTH,
+    ConsoleSink,
+    JsonlSink,
+    RotatingJsonlSink,
+    Sink,
+    open_log,
+)
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
 
@@ -33,6 +40,7 @@ def trace(
     comms: tuple[str, ...] = (),
     cgroup: str | None = None,
     all_: bool = False,
+    stack_depth: int = DEFAULT_STACK_DEPTH,
 ) -> int:
     opts = TraceOptions(
         pids=pids,
@@ -48,6 +56,7 @@ def trace(
         all_events=all_events,
         hwm_step=hwm_step,
         stack_bytes=stack_bytes,
+        stack_depth=stack_depth,
         verbose=verbose,
         argv=sys.argv,
     )
@@ -64,7 +73,9 @@ def trace(
     if json_stdout:
         sinks.append(JsonlSink(sys.stdout, "stdout"))
     else:
-        sinks.append(ConsoleSink(sys.stdout, tracer.clock, verbose, min_delta // 1024))
+        sinks.append(
+            ConsoleSink(sys.stdout, tracer.clock, verbose, min_delta // 1024, opts.stack_depth)
+        )
     try:
         return tracer.run(started)
     finally:
