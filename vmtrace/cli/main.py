@@ -63,6 +63,16 @@ def _positive(_ctx: click.Context, _param: click.Parameter, value: float | None)
     return value
 
 
+def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A bad --metrics address is refused before anything else is checked; whether it can
+    be bound is known only once tracing is possible (the server starts just before)."""
+    if value is not None:
+        from vmtrace.metrics import parse_listen
+
+        parse_listen(value)
+    return value
+
+
 def common_options(f: F) -> F:
     options = [
         click.option(
@@ -130,6 +140,13 @@ def common_options(f: F) -> F:
             default="0",
             metavar="SIZE",
             help="Rotate the -o log when it reaches SIZE (FILE.1, FILE.2, ...), losing nothing.",
+        ),
+        click.option(
+            "--metrics",
+            metavar="HOST:PORT",
+            callback=_listen_address,
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics while tracing "
+            "(e.g. 127.0.0.1:9792; :9792 for every interface).",
         ),
         click.option(
             "--json",

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from vmtrace.errors import OutputError
+from vmtrace.metrics import MetricsServer, MetricsSink
 from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
@@ -32,6 +33,7 @@ def trace(
     comms: tuple[str, ...] = (),
     cgroup: str | None = None,
     all_: bool = False,
+    metrics: str | None = None,
 ) -> int:
     opts = TraceOptions(
         pids=pids,
@@ -52,6 +54,13 @@ def trace(
     sinks: list[Sink] = []
     tracer = Tracer(opts, sinks, (lambda _m: None) if quiet else default_log)
     tracer.preflight()
+    server: MetricsServer | None = None
+    if metrics is not None:
+        metrics_sink = MetricsSink()
+        server = MetricsServer(metrics_sink, metrics)  # refuses before anything is traced
+        sinks.append(metrics_sink)
+        if not quiet:
+            default_log(f"serving Prometheus metrics on {server.url}")
     log_sink: JsonlSink | None = None
     if output and rotate:
         log_sink = RotatingJsonlSink(output, force, rotate)
@@ -73,4 +82,6 @@ def trace(
         if log_sink is not None:
             with contextlib.suppress(OutputError):  # already reported by the tracer
                 log_sink.close()
+        if server is not None:
+            server.close()
         sys.stdout.flush()
