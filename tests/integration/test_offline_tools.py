@@ -37,8 +37,10 @@ from tests.integration.conftest import (
     wait_for_start,
 )
 from tests.unit.test_export import check_trace
+from tests.unit.test_pftrace import annotations, check_proto_trace
 from vmtrace.export import CSV_COLUMNS, write_csv, write_perfetto
 from vmtrace.logread import LogReader, numbered
+from vmtrace.pftrace import write_perfetto_proto
 from vmtrace.plot import collect, render
 from vmtrace.report import (
     ANON,
@@ -207,6 +209,19 @@ def test_perfetto_trace_of_a_real_log(recorded: Recorded) -> None:
     assert any(e["name"] == "VmRSS" for e in events)
     with_stack = [e for e in instants if e["args"]["stack"]]
     assert with_stack, "no peak with a user stack"
+
+
+def test_perfetto_protobuf_trace_of_a_real_log(recorded: Recorded) -> None:
+    out = io.BytesIO()
+    assert write_perfetto_proto(numbered(LogReader(recorded.log)), out).late == 0
+    t = check_proto_trace(out.getvalue())
+    peaks = [r for r in recorded.records if r["type"] == "peak"]
+    instants = t.instants("peak: ")
+    assert sorted(ts for ts, _ in instants) == sorted(r["ts_ns"] for r in peaks)
+    vm_peak = t.counters()[(recorded.pid, "VmPeak")]
+    assert max(vm_peak[-10:]) == recorded.records[-1]["summary"][0]["vm_peak_kb"] * 1024
+    assert t.counters()[(recorded.pid, "VmRSS")]
+    assert any(annotations(e).get("stack") for _ts, e in instants), "no peak with a stack"
 
 
 def test_csv_of_a_real_log(recorded: Recorded) -> None:
