@@ -27,7 +27,7 @@ from vmtrace.backends import (
     remembered_failure,
 )
 from vmtrace.cgroups import resolve_cgroup
-from vmtrace.child import HeldChild
+from vmtrace.child import HeldChild, RunAs
 from vmtrace.engine import PeakEngine
 from vmtrace.enrich import Enricher
 from vmtrace.errors import EnvironmentProblem, OutputError, ProbeError, VmtraceError
@@ -61,6 +61,7 @@ class TraceOptions:
     min_delta: int = 0  # bytes
     all_events: bool = False
     hwm_step: int = 0  # bytes; 0: no VmHWM records
+    run_as: RunAs | None = None  # `run`: the user the command runs as (None: vmtrace's)
 
     @property
     def discovers(self) -> bool:
@@ -203,7 +204,7 @@ class Tracer:
         infos = self._infos
         released = True
         if opts.command:
-            self.child = HeldChild(opts.command)
+            self.child = HeldChild(opts.command, opts.run_as)
             released = False
             infos = [procfs.inspect_target(self.child.pid)]
         stop = self._stop

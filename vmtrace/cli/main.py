@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -248,13 +249,25 @@ def cli(
     epilog="\b\nExample:\n  sudo vmtrace run -o job.jsonl -- python3 job.py --input big.csv",
 )
 @common_options
+@click.option(
+    "-u",
+    "--user",
+    metavar="USER",
+    help="Run COMMAND as USER (name or uid; vmtrace keeps root). Default: $SUDO_USER when "
+    "set, else vmtrace's own user.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run_cmd(ctx: click.Context, /, command: tuple[str, ...], **kw: Any) -> None:
+def run_cmd(ctx: click.Context, /, command: tuple[str, ...], user: str | None, **kw: Any) -> None:
     """Start COMMAND and trace it from its first instruction; exit with its status."""
+    from vmtrace.child import RunAs
+
+    # Under sudo, the command runs as the user who asked for it, not as root.
+    spec = user if user is not None else os.environ.get("SUDO_USER") or None
+    run_as = RunAs.resolve(spec) if spec is not None else None
     from vmtrace.cli.trace import trace
 
-    ctx.exit(trace(started=_STARTED, pids=[], command=list(command), **kw))
+    ctx.exit(trace(started=_STARTED, pids=[], command=list(command), run_as=run_as, **kw))
 
 
 cli.add_command(doctor_cmd)

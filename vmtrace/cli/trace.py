@@ -6,6 +6,7 @@ import contextlib
 import signal
 import sys
 
+from vmtrace.child import RunAs
 from vmtrace.errors import OutputError
 from vmtrace.metrics import MetricsServer, MetricsSink
 from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
@@ -34,6 +35,7 @@ def trace(
     cgroup: str | None = None,
     all_: bool = False,
     metrics: str | None = None,
+    run_as: RunAs | None = None,
 ) -> int:
     opts = TraceOptions(
         pids=pids,
@@ -50,10 +52,15 @@ def trace(
         hwm_step=hwm_step,
         verbose=verbose,
         argv=sys.argv,
+        run_as=run_as,
     )
     sinks: list[Sink] = []
     tracer = Tracer(opts, sinks, (lambda _m: None) if quiet else default_log)
     tracer.preflight()
+    if run_as is not None:
+        run_as.check_allowed()
+        if not quiet:
+            default_log(f"the command runs as {run_as.name} (uid {run_as.uid}, gid {run_as.gid})")
     server: MetricsServer | None = None
     if metrics is not None:
         metrics_sink = MetricsSink()
