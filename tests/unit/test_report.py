@@ -474,7 +474,8 @@ finally:
     [
         ["report", "--format", "json"],
         ["export", "--format", "csv"],
-        ["export", "--format", "perfetto"],
+        ["export", "--format", "perfetto", "--force", "-o", "{tmp}/t.pftrace"],
+        ["export", "--format", "perfetto-json"],
         ["plot", "-o", "{tmp}/p.svg"],
     ],
     ids=lambda c: "-".join(c[:3]).replace("{tmp}/", ""),
