@@ -40,6 +40,7 @@ from vmtrace.session import MAX_BATCH, BccSession
 from vmtrace.sinks import Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
+from vmtrace.untraced import UntracedChildren
 
 POLL_MS = 100
 Log = Callable[[str], None]
@@ -108,6 +109,9 @@ class Tracer:
         self.backend_reason = ""
         self.output_error: OutputError | None = None
         self._stop = _Stop()
+        # Without --follow (or another way of adding processes), what traced processes
+        # started is not traced: the summary says how many the samples saw.
+        self.untraced = None if opts.discovers else UntracedChildren()
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -421,6 +425,8 @@ class Tracer:
             if kernel is not None:
                 rec["taskstats"] = kernel
             self._emit(rec)
+        if self.untraced is not None:
+            self.untraced.observe({pid for pid, t in self.targets.items() if t.alive})
 
     def _check_hwm_reset(self, ts: int, pid: int, target: _Target, status: ProcStatus) -> None:
         """VmHWM only goes down when someone writes 5 to /proc/PID/clear_refs (hiwater_rss
@@ -569,18 +575,19 @@ class Tracer:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.session.decode_errors:
             self.log(f"warning: {self.session.decode_errors} records could not be decoded")
-        self._emit(
-            schema.end_record(
-                self.clock,
-                now,
-                reason,
-                self.events,
-                self.lost_reported,
-                self.engine.summary(),
-                lost_per_cpu=self.session.lost_per_cpu(),
-                filtered=self.session.filtered(),
-            )
+        end = schema.end_record(
+            self.clock,
+            now,
+            reason,
+            self.events,
+            self.lost_reported,
+            self.engine.summary(),
+            lost_per_cpu=self.session.lost_per_cpu(),
+            filtered=self.session.filtered(),
         )
+        if self.untraced is not None:
+            end["untraced_children"] = self.untraced.summary()
+        self._emit(end)
         self._flush()
 
     def _emit(self, rec: schema.Record) -> None:
