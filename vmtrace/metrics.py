@@ -34,6 +34,7 @@ Record = dict[str, Any]
 
 DEFAULT_RETENTION_S = 300.0  # five scrapes at Prometheus's default 1 min interval
 DEFAULT_MAX_PROCESSES = 1000
+EXPIRE_EVERY_S = 1.0  # how often exited processes are looked for (not at every record)
 MAX_OOM_COMMS = 256
 OTHER_COMM = "(other)"  # the OOM counter's label once MAX_OOM_COMMS names were seen
 _CHANGE_TYPES = frozenset(
@@ -45,9 +46,10 @@ _CHANGE_TYPES = frozenset(
 class _Series:
     """The label sets of one process (pid, comm) that exist in the registry."""
 
-    causes: set[str] = field(default_factory=set)
-    peak: bool = False
-    hwm: bool = False
+    # cause -> the (rises, rise bytes) counters of that label set, looked up once
+    causes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    peak_kb: int | None = None  # the gauges' values: most records leave them as they are
+    hwm_kb: int | None = None
     retired_at: float | None = None  # exited (or exec'd away from this comm) at
 
 
@@ -102,6 +104,7 @@ class MetricsSink:
         # (pid, comm) -> series, least recently active first
         self._series: OrderedDict[tuple[int, str], _Series] = OrderedDict()
         self._oom_comms: set[str] = set()
+        self._next_expiry = 0.0
 
     # -- Sink --------------------------------------------------------------------------
     def write(self, rec: Record) -> None:
@@ -115,7 +118,7 @@ class MetricsSink:
             for target in rec.get("targets") or []:
                 self._comm.setdefault(int(target["pid"]), str(target.get("comm") or "?"))
         if not isinstance(pid, int):
-            self._expire()
+            self._expire_now_and_then()
             return
         comm = self._process_comm(pid, t, rec.get("comm"))
         if t in _CHANGE_TYPES:
@@ -128,9 +131,15 @@ class MetricsSink:
                 rise_kb = rec["vm_peak_kb"] - rec["vm_peak_kb_before"]
                 cause = str(rec.get("cause") or "?")
                 s = self._touch(pid, comm)
-                s.causes.add(cause)
-                self.rises.labels(str(pid), comm, cause).inc()
-                self.rise_bytes.labels(str(pid), comm, cause).inc(rise_kb * 1024)
+                counters = s.causes.get(cause)
+                if counters is None:
+                    labels = (str(pid), comm, cause)
+                    counters = s.causes[cause] = (
+                        self.rises.labels(*labels),
+                        self.rise_bytes.labels(*labels),
+                    )
+                counters[0].inc()
+                counters[1].inc(rise_kb * 1024)
             if t == "exit":
                 self._retire(pid, comm)
                 self._comm.pop(pid, None)
@@ -138,10 +147,10 @@ class MetricsSink:
             st = rec.get("status") or {}
             self._set_peak(pid, comm, int(st["VmPeak"]))
             self._set_hwm(pid, comm, int(st["VmHWM"]))
-        self._expire()
+        self._expire_now_and_then()
 
     def flush(self) -> None:
-        self._expire()
+        self._expire_now_and_then()
 
     def close(self) -> None:
         pass
@@ -184,12 +193,16 @@ class MetricsSink:
         return s
 
     def _set_peak(self, pid: int, comm: str, kb: int) -> None:
-        self._touch(pid, comm).peak = True
-        self.vm_peak.labels(str(pid), comm).set(kb * 1024)
+        s = self._touch(pid, comm)
+        if s.peak_kb != kb:
+            s.peak_kb = kb
+            self.vm_peak.labels(str(pid), comm).set(kb * 1024)
 
     def _set_hwm(self, pid: int, comm: str, kb: int) -> None:
-        self._touch(pid, comm).hwm = True
-        self.vm_hwm.labels(str(pid), comm).set(kb * 1024)
+        s = self._touch(pid, comm)
+        if s.hwm_kb != kb:
+            s.hwm_kb = kb
+            self.vm_hwm.labels(str(pid), comm).set(kb * 1024)
 
     def _retire(self, pid: int, comm: str) -> None:
         s = self._series.get((pid, comm))
@@ -199,9 +212,9 @@ class MetricsSink:
     def _remove(self, key: tuple[int, str]) -> None:
         s = self._series.pop(key)
         labels = (str(key[0]), key[1])
-        if s.peak:
+        if s.peak_kb is not None:
             self.vm_peak.remove(*labels)
-        if s.hwm:
+        if s.hwm_kb is not None:
             self.vm_hwm.remove(*labels)
         for cause in s.causes:
             self.rises.remove(*labels, cause)
@@ -217,8 +230,13 @@ class MetricsSink:
                 self._remove(next(iter(self._series)))  # least recently active
             self.evicted.inc()
 
-    def _expire(self) -> None:
+    def _expire_now_and_then(self) -> None:
         now = self._clock()
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY_S
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
         for key in [
             k
             for k, s in self._series.items()

@@ -33,6 +33,8 @@ Examples:
   sudo vmtrace -p 4242 -p 4243 -d 60    two processes, for one minute
   sudo vmtrace run -- ./myjob --big     trace a command from its first instruction
   sudo vmtrace --json -p 4242 | jq .    JSONL events on stdout
+  sudo vmtrace -a --min-delta 64M --metrics 127.0.0.1:9792
+                                        every process; Prometheus metrics on /metrics
 
 VmPeak (/proc/PID/status) is max(hiwater_vm, total_vm): the kernel latches hiwater_vm
 just before it lowers total_vm. vmtrace prints a PEAK line for every increase of VmPeak,
