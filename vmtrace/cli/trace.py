@@ -69,10 +69,15 @@ def trace(
         if not quiet:
             default_log(f"serving Prometheus metrics on {server.url}")
     log_sink: JsonlSink | None = None
-    if output and rotate:
-        log_sink = RotatingJsonlSink(output, force, rotate)
-    elif output:
-        log_sink = JsonlSink(open_log(output, force), output)
+    try:
+        if output and rotate:
+            log_sink = RotatingJsonlSink(output, force, rotate)
+        elif output:
+            log_sink = JsonlSink(open_log(output, force), output)
+    except OutputError:
+        if server is not None:
+            server.close()
+        raise
     if log_sink is not None:
         sinks.append(log_sink)
     if json_stdout:
