@@ -122,7 +122,6 @@ def test_prometheus_scrapes_the_peak_rises_of_a_live_trace(
         workload.stdin.write("go\n")
         workload.stdin.flush()
         assert workload.stdout.readline() == "mapped\n"
-        expected_peak = vm_peak_kb(pid) * 1024
 
         # Every rise since the attach, whatever its cause (the mmap, and anything the
         # interpreter maps on the way).
@@ -133,6 +132,7 @@ def test_prometheus_scrapes_the_peak_rises_of_a_live_trace(
         while True:
             assert vmt.proc.poll() is None, f"vmtrace exited:\n{tail(vmt.stderr())}"
             assert prom.poll() is None, tail((tmp_path / "prometheus.log").read_text())
+            expected_peak = vm_peak_kb(pid) * 1024  # now (the interpreter may map more)
             try:
                 rises, peaks = query(api, rise), query(api, peak)
                 up = query(api, 'up{job="vmtrace"}')
