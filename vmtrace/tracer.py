@@ -306,7 +306,17 @@ class Tracer:
             backend=self.session.backend if self.session else "?",
             backend_reason=self.backend_reason,
             page_size=os.sysconf("SC_PAGE_SIZE"),
-            user={"uid": os.getuid(), "name": user, "sudo_user": os.environ.get("SUDO_USER")},
+            user={
+                "uid": os.getuid(),
+                "name": user,
+                "sudo_user": os.environ.get("SUDO_USER"),
+                # `run`: the user the command runs as, when not vmtrace's own
+                "run_as": (
+                    {"name": ra.name, "uid": ra.uid, "gid": ra.gid}
+                    if (ra := self.opts.run_as) is not None
+                    else None
+                ),
+            },
             argv=self.opts.argv,
             targets=statuses,
             attach_seconds=attach_seconds,

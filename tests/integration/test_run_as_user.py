@@ -99,6 +99,7 @@ def test_run_as_a_user(bpf_ready: None, nobody: pwd.struct_passwd, tmp_path: Pat
     assert (report["home"], report["user"]) == (nobody.pw_dir, "nobody")
     start = records[0]
     assert start["user"]["uid"] == 0  # vmtrace itself stayed root
+    assert start["user"]["run_as"] == {"name": "nobody", "uid": nobody.pw_uid, "gid": nobody.pw_gid}
     check_exact(report, records)
 
 
