@@ -217,3 +217,27 @@ def test_cli_export_perfetto_is_protobuf_perfetto_json_is_json(tmp_path: Path) -
     assert oct((tmp_path / "t.pftrace").stat().st_mode & 0o777) == "0o600"
     export("perfetto-json", tmp_path / "t.json")
     assert (tmp_path / "t.json").read_text().startswith('{"traceEvents":[')
+
+
+def test_a_binary_trace_is_not_written_to_a_terminal() -> None:
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "vmtrace", "export", "--format", "perfetto", str(RUN)],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert res.returncode == 1
+    assert res.stderr == (
+        "vmtrace: failed to export: a protobuf trace is binary, not for a terminal "
+        "(fix: -o FILE.pftrace, or redirect stdout)\n"
+    )
