@@ -271,7 +271,8 @@ def test_offline_tools_as_nobody_without_bcc(public_copy: Path) -> None:
     )
     for args in (
         ["report", "--format", "json", "-o", str(d / "r.json")],
-        ["export", "--format", "perfetto", "-o", str(d / "t.json")],
+        ["export", "--format", "perfetto-json", "-o", str(d / "t.json")],
+        ["export", "--format", "perfetto", "-o", str(d / "t.pftrace")],
         ["export", "--format", "csv", "-o", str(d / "t.csv")],
         ["plot", "-o", str(d / "p.svg")],
     ):
@@ -300,3 +301,4 @@ def test_offline_tools_as_nobody_without_bcc(public_copy: Path) -> None:
     comp = rep["processes"][-1]["composition"]
     assert comp["total_kb"] == comp["vm_peak_kb"] and comp["unattributed_kb"] == 0
     check_trace(json.loads((d / "t.json").read_text()))
+    check_proto_trace((d / "t.pftrace").read_bytes())
