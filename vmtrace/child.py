@@ -1,25 +1,79 @@
 """A command started stopped before exec, so that probes are on before its first instruction.
 
 subprocess.Popen cannot do this: it waits for the exec to happen before returning.
+The command may run as another user (`vmtrace run -u USER`) while vmtrace keeps root: the
+child takes the user's uid, gid, supplementary groups and HOME before it waits to be let go.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import sys
+from dataclasses import dataclass
 
-from vmtrace.errors import TargetError
+from vmtrace.errors import TargetError, UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """Who the command runs as: a user of the passwd database."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @staticmethod
+    def resolve(spec: str) -> RunAs:
+        """A user name, or a numeric uid, from the passwd database."""
+        try:
+            pw = pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+        except (KeyError, OverflowError):
+            raise UsageError(
+                f"failed to run the command as {spec}: no such user (fix: a user name or uid "
+                "from `getent passwd`, e.g. -u nobody)"
+            ) from None
+        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
+
+    def check_allowed(self) -> None:
+        """Only root may become another user (vmtrace with CAP_BPF+CAP_PERFMON cannot)."""
+        if self.uid != os.getuid() and os.geteuid() != 0:
+            raise UsageError(
+                f"failed to run the command as {self.name}: changing user needs root "
+                "(fix: run vmtrace as root, or leave out -u)"
+            )
+
+    def become(self) -> None:
+        """In the child: groups first, then gid, then uid (after which nothing else can)."""
+        os.setgroups(list(self.groups))
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+        os.environ.update(HOME=self.home, USER=self.name, LOGNAME=self.name)
 
 
 class HeldChild:
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], run_as: RunAs | None = None) -> None:
         if not command:
             raise TargetError("failed to start the command: it is empty")
+        if run_as is not None:
+            run_as.check_allowed()
         r, self._release = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             os.close(self._release)
+            if run_as is not None:
+                try:
+                    run_as.become()
+                except OSError as e:
+                    print(
+                        f"vmtrace: failed to run the command as {run_as.name}: {e.strerror}",
+                        file=sys.stderr,
+                    )
+                    os._exit(127)
             go = os.read(r, 1)
             if go != b"g":
                 os._exit(127)  # the tracer gave up: never run untraced
@@ -27,7 +81,7 @@ class HeldChild:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                os.execvp(command[0], command)
+                os.execvpe(command[0], command, os.environ)
             except OSError as e:
                 print(f"vmtrace: failed to run {command[0]}: {e.strerror}", file=sys.stderr)
                 os._exit(127)

@@ -1,15 +1,19 @@
 """`vmtrace export`: an event log as CSV (one row per record) or as a Perfetto trace (pure).
 
+`--format perfetto` is Perfetto's own protobuf format (vmtrace.pftrace, built from the events
+below); `--format perfetto-json` is the legacy JSON described here.
+
 Both stream: they take (line, record) pairs from vmtrace.logread and write as they go.
 
 CSV: `CSV_COLUMNS`, in that order (docs/offline.md); a field that does not apply is empty.
 
-Perfetto: the Chrome trace-event JSON format ({"traceEvents": [...]}) that ui.perfetto.dev and
+Perfetto JSON: the Chrome trace-event JSON format ({"traceEvents": [...]}) that ui.perfetto.dev and
 chrome://tracing open. Per process: counter tracks (ph "C") `VmSize kB` and `VmPeak kB` from
 every change record and sample, `VmRSS kB` and `VmHWM kB` from the samples (and from change
 records that carry rss_kb/hwm_kb); instant events (ph "i") for each new peak, latch, exec, hwm
 and fork (thread scope, with the call, its arguments, the mapping and the user stack in
-`args`), each mismatch and exit (process scope), and each loss and the end (global); process
+`args`), each OOM kill (with what the record says), each mismatch and exit (process scope),
+and each loss and the end (global); process
 and thread names as metadata (ph "M"). `ts` is the log's
 CLOCK_MONOTONIC time in microseconds, so the trace lines up with perf or ftrace traces of the
 same machine. The log is written in the order records were processed, which is not quite time
@@ -72,6 +76,7 @@ CSV_COLUMNS = (
 STACK_SEPARATOR = " | "
 REORDER_WINDOW = 100_000
 SESSION_PID = 0  # Perfetto's home for records about the whole session (lost, end)
+_COMMON_KEYS = frozenset(("type", "ts_ns", "time", "pid", "tid", "comm"))
 
 
 def only_pid(
@@ -264,6 +269,11 @@ class PerfettoConverter:
                     "expected_vm_peak_kb": rec.get("expected_vm_peak_kb"),
                 }
                 yield self._instant("MISMATCH", us, pid, pid, "p", args)
+        elif t == "oom":
+            # Whatever the kernel said of the kill (RSS by kind, total_vm, cgroup...), as is.
+            args = {k: v for k, v in rec.items() if k not in _COMMON_KEYS}
+            scope, where = ("t", tid) if tid is not None else ("p", pid)
+            yield self._instant(f"OOM kill of {comm or pid}", us, pid, where, scope, args)
         elif t == "exit":
             peak = rec.get("vm_peak_kb")
             shown = f"{human_kb(peak)}" if isinstance(peak, int) else "unknown"

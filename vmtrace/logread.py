@@ -432,6 +432,7 @@ class LogReader:
     records: int = 0
     complete: bool = False  # an `end` record was read
     truncated: bool = False
+    bytes_read: int = 0  # of the file, up to the record last yielded (for progress)
     _unknown: set[str] = field(default_factory=set)
 
     @property
@@ -456,6 +457,7 @@ class LogReader:
         try:
             for raw in f:
                 n += 1
+                self.bytes_read += len(raw)
                 self.line_no = n
                 rec = self._parse(raw, n)
                 if rec is None:

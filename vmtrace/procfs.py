@@ -59,6 +59,59 @@ def parse_maps(text: str) -> list[Mapping]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class StatEntry:
+    """What /proc/PID/stat says of who a process is and who made it."""
+
+    pid: int
+    comm: str
+    ppid: int
+    start_time: int
+
+
+def parse_stat(pid: int, text: str) -> StatEntry:
+    # comm (field 2) may hold spaces and parentheses: it ends at the last ')'
+    close = text.rindex(")")
+    comm = text[text.index("(") + 1 : close]
+    rest = text[close + 2 :].split()
+    return StatEntry(pid, comm, int(rest[1]), int(rest[19]))
+
+
+def read_process_table(proc: str = PROC) -> dict[int, StatEntry]:
+    """Every process of the machine (threads excepted), as /proc/*/stat lists them now."""
+    table: dict[int, StatEntry] = {}
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            table[int(name)] = parse_stat(int(name), _read(f"{proc}/{name}/stat"))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+    return table
+
+
+def descendants(table: dict[int, StatEntry], roots: set[int]) -> list[StatEntry]:
+    """The processes below `roots` in `table` (children, their children...), roots excluded."""
+    children: dict[int, list[int]] = {}
+    for e in table.values():
+        children.setdefault(e.ppid, []).append(e.pid)
+    out: list[StatEntry] = []
+    seen = set(roots)
+    todo = [c for r in roots for c in children.get(r, ())]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        out.append(table[pid])
+        todo.extend(children.get(pid, ()))
+    return out
+
+
 def parse_stat_start_time(text: str) -> int:
     # comm (field 2) may hold spaces and parentheses: split after the last ')'
     rest = text[text.rindex(")") + 2 :].split()

@@ -353,6 +353,19 @@ class ConsoleSink:
                     f"    {human_kb(c['kb']):>10}  {c['cause']}  {c['mapping']}"
                     for c in s["top_causes"]
                 ]
+        untraced = rec.get("untraced_children")
+        if untraced and untraced.get("count"):
+            n = untraced["count"]
+            top = untraced.get("largest")
+            largest = (
+                f"; largest VmPeak seen {human_kb(top['vm_peak_kb'])} (pid {top['pid']} "
+                f"{top['comm']})"
+                if top
+                else ""
+            )
+            lines.append(
+                f"{n} {'child' if n == 1 else 'children'} not traced{largest}: use --follow"
+            )
         return lines
 
     def flush(self) -> None:

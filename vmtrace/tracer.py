@@ -28,7 +28,7 @@ from vmtrace.backends import (
     remembered_failure,
 )
 from vmtrace.cgroups import resolve_cgroup
-from vmtrace.child import HeldChild
+from vmtrace.child import HeldChild, RunAs
 from vmtrace.engine import PeakEngine
 from vmtrace.enrich import Enricher
 from vmtrace.errors import EnvironmentProblem, OutputError, ProbeError, VmtraceError
@@ -41,6 +41,7 @@ from vmtrace.session import MAX_BATCH, BccSession
 from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
+from vmtrace.untraced import UntracedChildren
 from vmtrace.unwind import Unwinder
 
 POLL_MS = 100
@@ -67,6 +68,7 @@ class TraceOptions:
     hwm_step: int = 0  # bytes; 0: no VmHWM records
     stack_bytes: int = 16384  # user stack copied per vital record; 0: none
     stack_depth: int = DEFAULT_STACK_DEPTH  # frames the console shows; the log keeps them all
+    run_as: RunAs | None = None  # `run`: the user the command runs as (None: vmtrace's)
 
     @property
     def discovers(self) -> bool:
@@ -115,6 +117,9 @@ class Tracer:
         self._stop = _Stop()
         self._rises: dict[int, deque[Explained]] = {}
         self._oom_killed: set[int] = set()
+        # Without --follow (or another way of adding processes), what traced processes
+        # started is not traced: the summary says how many the samples saw.
+        self.untraced = None if opts.discovers else UntracedChildren()
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -213,7 +218,7 @@ class Tracer:
         infos = self._infos
         released = True
         if opts.command:
-            self.child = HeldChild(opts.command)
+            self.child = HeldChild(opts.command, opts.run_as)
             released = False
             infos = [procfs.inspect_target(self.child.pid)]
         stop = self._stop
@@ -309,7 +314,17 @@ class Tracer:
             backend=self.session.backend if self.session else "?",
             backend_reason=self.backend_reason,
             page_size=os.sysconf("SC_PAGE_SIZE"),
-            user={"uid": os.getuid(), "name": user, "sudo_user": os.environ.get("SUDO_USER")},
+            user={
+                "uid": os.getuid(),
+                "name": user,
+                "sudo_user": os.environ.get("SUDO_USER"),
+                # `run`: the user the command runs as, when not vmtrace's own
+                "run_as": (
+                    {"name": ra.name, "uid": ra.uid, "gid": ra.gid}
+                    if (ra := self.opts.run_as) is not None
+                    else None
+                ),
+            },
             argv=self.opts.argv,
             targets=statuses,
             attach_seconds=attach_seconds,
@@ -454,6 +469,8 @@ class Tracer:
             if kernel is not None:
                 rec["taskstats"] = kernel
             self._emit(rec)
+        if self.untraced is not None:
+            self.untraced.observe({pid for pid, t in self.targets.items() if t.alive})
 
     def _check_hwm_reset(self, ts: int, pid: int, target: _Target, status: ProcStatus) -> None:
         """VmHWM only goes down when someone writes 5 to /proc/PID/clear_refs (hiwater_rss
@@ -607,18 +624,19 @@ class Tracer:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         if self.session.decode_errors:
             self.log(f"warning: {self.session.decode_errors} records could not be decoded")
-        self._emit(
-            schema.end_record(
-                self.clock,
-                now,
-                reason,
-                self.events,
-                self.lost_reported,
-                self.engine.summary(),
-                lost_by_kind=dataclasses.asdict(self.session.losses()),
-                filtered=self.session.filtered(),
-            )
+        end = schema.end_record(
+            self.clock,
+            now,
+            reason,
+            self.events,
+            self.lost_reported,
+            self.engine.summary(),
+            lost_by_kind=dataclasses.asdict(self.session.losses()),
+            filtered=self.session.filtered(),
         )
+        if self.untraced is not None:
+            end["untraced_children"] = self.untraced.summary()
+        self._emit(end)
         self._flush()
 
     def _emit(self, rec: schema.Record) -> None:

@@ -36,6 +36,9 @@ Record = dict[str, Any]
 
 def vmtrace_env() -> dict[str, str]:
     env = dict(os.environ)
+    # `vmtrace run` runs the command as $SUDO_USER by default; the workloads are built in
+    # root's private temporary directories, so under `sudo scripts/test` they run as root.
+    env.pop("SUDO_USER", None)
     env["PYTHONUNBUFFERED"] = "1"
     pythonpath = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pythonpath if pythonpath else "")

@@ -37,8 +37,10 @@ from tests.integration.conftest import (
     wait_for_start,
 )
 from tests.unit.test_export import check_trace
+from tests.unit.test_pftrace import annotations, check_proto_trace
 from vmtrace.export import CSV_COLUMNS, write_csv, write_perfetto
 from vmtrace.logread import LogReader, numbered
+from vmtrace.pftrace import write_perfetto_proto
 from vmtrace.plot import collect, render
 from vmtrace.report import (
     ANON,
@@ -209,6 +211,19 @@ def test_perfetto_trace_of_a_real_log(recorded: Recorded) -> None:
     assert with_stack, "no peak with a user stack"
 
 
+def test_perfetto_protobuf_trace_of_a_real_log(recorded: Recorded) -> None:
+    out = io.BytesIO()
+    assert write_perfetto_proto(numbered(LogReader(recorded.log)), out).late == 0
+    t = check_proto_trace(out.getvalue())
+    peaks = [r for r in recorded.records if r["type"] == "peak"]
+    instants = t.instants("peak: ")
+    assert sorted(ts for ts, _ in instants) == sorted(r["ts_ns"] for r in peaks)
+    vm_peak = t.counters()[(recorded.pid, "VmPeak")]
+    assert max(vm_peak[-10:]) == recorded.records[-1]["summary"][0]["vm_peak_kb"] * 1024
+    assert t.counters()[(recorded.pid, "VmRSS")]
+    assert any(annotations(e).get("stack") for _ts, e in instants), "no peak with a stack"
+
+
 def test_csv_of_a_real_log(recorded: Recorded) -> None:
     out = io.StringIO()
     n = write_csv(numbered(LogReader(recorded.log)), out)
@@ -256,7 +271,8 @@ def test_offline_tools_as_nobody_without_bcc(public_copy: Path) -> None:
     )
     for args in (
         ["report", "--format", "json", "-o", str(d / "r.json")],
-        ["export", "--format", "perfetto", "-o", str(d / "t.json")],
+        ["export", "--format", "perfetto-json", "-o", str(d / "t.json")],
+        ["export", "--format", "perfetto", "-o", str(d / "t.pftrace")],
         ["export", "--format", "csv", "-o", str(d / "t.csv")],
         ["plot", "-o", str(d / "p.svg")],
     ):
@@ -285,3 +301,4 @@ def test_offline_tools_as_nobody_without_bcc(public_copy: Path) -> None:
     comp = rep["processes"][-1]["composition"]
     assert comp["total_kb"] == comp["vm_peak_kb"] and comp["unattributed_kb"] == 0
     check_trace(json.loads((d / "t.json").read_text()))
+    check_proto_trace((d / "t.pftrace").read_bytes())

@@ -221,3 +221,51 @@ def test_stack_depth_is_a_count(runner: CliRunner) -> None:
     assert res.exit_code == 2
     assert "--stack-depth" in res.output
     assert "--stack-depth N" in runner.invoke(cli, ["--help"]).output
+def test_run_as_an_unknown_user_is_one_line_error() -> None:
+    res = run_main("run", "-u", "no-such-user-vmtrace", "--", "true")
+    assert res.returncode == 2
+    assert res.stderr.startswith(
+        "vmtrace: failed to run the command as no-such-user-vmtrace: no such user (fix: "
+    )
+    assert res.stderr.count("\n") == 1
+
+
+def test_unknown_sudo_user_is_one_line_error() -> None:
+    env = {**os.environ, "SUDO_USER": "no-such-user-vmtrace"}
+    res = subprocess.run(
+        [sys.executable, "-m", "vmtrace", "run", "--", "true"],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert res.stderr.startswith("vmtrace: failed to run the command as no-such-user-vmtrace:")
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "1.2.3.4", "[::1", "host:99999"])
+def test_bad_metrics_address_is_one_line_usage_error(spec: str) -> None:
+    res = run_main("-p", "1", "--metrics", spec)
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"vmtrace: failed to serve metrics on {spec}: ")
+    assert "(fix: " in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_metrics_port_in_use_is_refused_before_tracing(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the port is tried once tracing is possible: needs root")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        spec = f"127.0.0.1:{s.getsockname()[1]}"
+        log = tmp_path / "t.jsonl"
+        res = run_main("-p", str(os.getpid()), "--metrics", spec, "-o", str(log))
+    assert res.returncode == 2
+    assert res.stderr.startswith(
+        f"vmtrace: failed to serve metrics on {spec}: Address already in use (fix: "
+    ), res.stderr
+    assert not log.exists()  # refused before anything was created or attached

@@ -231,7 +231,7 @@ def test_cli_export(tmp_path: Path) -> None:
             "vmtrace",
             "export",
             "--format",
-            "perfetto",
+            "perfetto-json",
             "-o",
             str(out),
             str(RUN),

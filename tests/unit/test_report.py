@@ -596,7 +596,8 @@ finally:
     [
         ["report", "--format", "json"],
         ["export", "--format", "csv"],
-        ["export", "--format", "perfetto"],
+        ["export", "--format", "perfetto", "--force", "-o", "{tmp}/t.pftrace"],
+        ["export", "--format", "perfetto-json"],
         ["export", "--format", "folded"],
         ["plot", "-o", "{tmp}/p.svg"],
     ],
@@ -644,7 +645,7 @@ def test_offline_commands_run_unprivileged(nobody_dir: Path) -> None:
     log = work / "run.jsonl"
     shutil.copy(RUN, log)
     os.chmod(log, 0o644)
-    outputs = {"report": work / "r.txt", "perfetto": work / "t.json", "plot": work / "p.html"}
+    outputs = {"report": work / "r.txt", "perfetto": work / "t.pftrace", "plot": work / "p.html"}
     for args in (
         ["report", "-o", str(outputs["report"]), str(log)],
         ["export", "--format", "perfetto", "-o", str(outputs["perfetto"]), str(log)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ Examples:
   sudo vmtrace -p 4242 -p 4243 -d 60    two processes, for one minute
   sudo vmtrace run -- ./myjob --big     trace a command from its first instruction
   sudo vmtrace --json -p 4242 | jq .    JSONL events on stdout
+  sudo vmtrace -a --min-delta 64M --metrics 127.0.0.1:9792
+                                        every process; Prometheus metrics on /metrics
 
 VmPeak (/proc/PID/status) is max(hiwater_vm, total_vm): the kernel latches hiwater_vm
 just before it lowers total_vm. vmtrace prints a PEAK line for every increase of VmPeak,
@@ -61,6 +64,16 @@ SIZE = SizeType()
 def _positive(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not (0 < value < math.inf):  # also refuses nan
         raise click.BadParameter("must be a number of seconds greater than 0")
+    return value
+
+
+def _listen_address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A bad --metrics address is refused before anything else is checked; whether it can
+    be bound is known only once tracing is possible (the server starts just before)."""
+    if value is not None:
+        from vmtrace.metrics import parse_listen
+
+        parse_listen(value)
     return value
 
 
@@ -149,6 +162,13 @@ def common_options(f: F) -> F:
             default="0",
             metavar="SIZE",
             help="Rotate the -o log when it reaches SIZE (FILE.1, FILE.2, ...), losing nothing.",
+        ),
+        click.option(
+            "--metrics",
+            metavar="HOST:PORT",
+            callback=_listen_address,
+            help="Serve Prometheus metrics on http://HOST:PORT/metrics while tracing "
+            "(e.g. 127.0.0.1:9792; :9792 for every interface).",
         ),
         click.option(
             "--json",
@@ -250,13 +270,25 @@ def cli(
     epilog="\b\nExample:\n  sudo vmtrace run -o job.jsonl -- python3 job.py --input big.csv",
 )
 @common_options
+@click.option(
+    "-u",
+    "--user",
+    metavar="USER",
+    help="Run COMMAND as USER (name or uid; vmtrace keeps root). Default: $SUDO_USER when "
+    "set, else vmtrace's own user.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run_cmd(ctx: click.Context, /, command: tuple[str, ...], **kw: Any) -> None:
+def run_cmd(ctx: click.Context, /, command: tuple[str, ...], user: str | None, **kw: Any) -> None:
     """Start COMMAND and trace it from its first instruction; exit with its status."""
+    from vmtrace.child import RunAs
+
+    # Under sudo, the command runs as the user who asked for it, not as root.
+    spec = user if user is not None else os.environ.get("SUDO_USER") or None
+    run_as = RunAs.resolve(spec) if spec is not None else None
     from vmtrace.cli.trace import trace
 
-    ctx.exit(trace(started=_STARTED, pids=[], command=list(command), **kw))
+    ctx.exit(trace(started=_STARTED, pids=[], command=list(command), run_as=run_as, **kw))
 
 
 cli.add_command(doctor_cmd)

@@ -1,16 +1,19 @@
 """`vmtrace report LOG`: what a log says about VmPeak, as text, JSON or Markdown.
 
 Offline: needs neither root nor bcc. Shared by the offline subcommands: `read_records` (the
-log, with warnings on stderr) and `write_text` (stdout, or a new file with -o).
+log, with warnings on stderr, and a progress bar on stderr when it is a terminal) and
+`write_text` (stdout, or a new file with -o).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 import click
+from tqdm import tqdm
 
 from vmtrace.logread import LogReader, Record, numbered
 from vmtrace.report import (
@@ -35,7 +38,52 @@ def read_records(log: str, warnings: list[str] | None = None) -> Iterator[tuple[
             warnings.append(msg)
         warn(msg)
 
-    return numbered(LogReader(log, note))
+    reader = LogReader(log, note)
+    return with_progress(reader, numbered(reader))
+
+
+PROGRESS_DELAY_S = 1.0  # a log read faster than this never shows a bar
+PROGRESS_EVERY = 2000  # records between updates of the bar
+
+
+def with_progress(
+    reader: LogReader,
+    pairs: Iterable[tuple[int, Record]],
+    stream: TextIO | None = None,
+    delay: float = PROGRESS_DELAY_S,
+) -> Iterator[tuple[int, Record]]:
+    """`pairs`, with a bar of how much of the log was read on `stream` (stderr) if it is a
+    terminal; nothing is written otherwise, nor for a log read within `delay` seconds, and
+    the bar is erased once the log is read."""
+    out = stream if stream is not None else sys.stderr
+    if not out.isatty():
+        yield from pairs
+        return
+    try:
+        size: int | None = os.path.getsize(reader.path)
+    except OSError:
+        size = None  # LogReader says why, on its first read
+    bar = tqdm(
+        total=size,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"reading {os.path.basename(reader.name)}",
+        file=out,
+        delay=delay,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    done = 0
+    try:
+        for i, pair in enumerate(pairs):
+            if i % PROGRESS_EVERY == 0:
+                bar.update(reader.bytes_read - done)
+                done = reader.bytes_read
+            yield pair
+        bar.update(reader.bytes_read - done)
+    finally:
+        bar.close()
 
 
 def write_text(text: str, output: str | None, force: bool) -> None:

@@ -6,7 +6,9 @@ import contextlib
 import signal
 import sys
 
+from vmtrace.child import RunAs
 from vmtrace.errors import OutputError
+from vmtrace.metrics import MetricsServer, MetricsSink
 from vmtrace.sinks import (
     DEFAULT_STACK_DEPTH,
     ConsoleSink,
@@ -41,6 +43,8 @@ def trace(
     cgroup: str | None = None,
     all_: bool = False,
     stack_depth: int = DEFAULT_STACK_DEPTH,
+    metrics: str | None = None,
+    run_as: RunAs | None = None,
 ) -> int:
     opts = TraceOptions(
         pids=pids,
@@ -59,15 +63,32 @@ def trace(
         stack_depth=stack_depth,
         verbose=verbose,
         argv=sys.argv,
+        run_as=run_as,
     )
     sinks: list[Sink] = []
     tracer = Tracer(opts, sinks, (lambda _m: None) if quiet else default_log)
     tracer.preflight()
+    if run_as is not None:
+        run_as.check_allowed()
+        if not quiet:
+            default_log(f"the command runs as {run_as.name} (uid {run_as.uid}, gid {run_as.gid})")
+    server: MetricsServer | None = None
+    if metrics is not None:
+        metrics_sink = MetricsSink()
+        server = MetricsServer(metrics_sink, metrics)  # refuses before anything is traced
+        sinks.append(metrics_sink)
+        if not quiet:
+            default_log(f"serving Prometheus metrics on {server.url}")
     log_sink: JsonlSink | None = None
-    if output and rotate:
-        log_sink = RotatingJsonlSink(output, force, rotate)
-    elif output:
-        log_sink = JsonlSink(open_log(output, force), output)
+    try:
+        if output and rotate:
+            log_sink = RotatingJsonlSink(output, force, rotate)
+        elif output:
+            log_sink = JsonlSink(open_log(output, force), output)
+    except OutputError:
+        if server is not None:
+            server.close()
+        raise
     if log_sink is not None:
         sinks.append(log_sink)
     if json_stdout:
@@ -86,4 +107,6 @@ def trace(
         if log_sink is not None:
             with contextlib.suppress(OutputError):  # already reported by the tracer
                 log_sink.close()
+        if server is not None:
+            server.close()
         sys.stdout.flush()
