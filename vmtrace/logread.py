@@ -42,7 +42,7 @@ Warn = Callable[[str], None]
 # `fork` and `hwm` (a traced child appears; VmHWM rose) are change records too: same fields,
 # plus rss_kb, hwm_kb (and hwm_kb_before, rss_member for hwm; parent_pid for fork).
 CHANGE_TYPES = frozenset({"baseline", "peak", "latch", "grow", "shrink", "exec", "fork", "hwm"})
-KNOWN_TYPES = CHANGE_TYPES | {"start", "maps", "sample", "mismatch", "lost", "exit", "end"}
+KNOWN_TYPES = CHANGE_TYPES | {"start", "maps", "sample", "mismatch", "lost", "exit", "end", "oom"}
 
 # Kernel counters and addresses are 64-bit: anything larger is not from vmtrace (and would
 # overflow the float conversions of plots and exports).

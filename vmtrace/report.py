@@ -391,6 +391,21 @@ class ProcessReport:
 
 
 @dataclass
+class OomKill:
+    """An `oom` record: the OOM killer's victim, what it had become and its last rises."""
+
+    pid: int
+    comm: str
+    time: str | None
+    cgroup: str | None
+    rss_kb: int
+    rss_kb_by_kind: dict[str, int]
+    vm_peak_kb: int | None
+    last_rises: list[str]  # "+SIZE to SIZE: call mapping", oldest first
+    largest_mappings: list[str]
+
+
+@dataclass
 class Report:
     log: str
     version: int
@@ -408,6 +423,7 @@ class Report:
     first_disagreement: str | None
     warnings: list[str]
     processes: list[ProcessReport]
+    oom_kills: list[OomKill] = field(default_factory=list)
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -541,6 +557,7 @@ class ReportBuilder:
         self.last_ts: int | None = None
         self.seen_pids: set[int] = set()
         self.target_status: dict[int, ProcStatus] = {}
+        self.oom_kills: list[OomKill] = []
 
     # -- helpers
     def _rel(self, ts: int) -> float:
@@ -597,6 +614,8 @@ class ReportBuilder:
             self._on_change(rec)
         elif t in ("sample", "mismatch"):
             self._on_sample(rec)
+        elif t == "oom":
+            self.oom_kills.append(_oom_kill(rec))
         elif t == "exit":
             p = self._proc(pid, rec.get("comm"))
             p.exited = True
@@ -828,6 +847,7 @@ class ReportBuilder:
             first_disagreement=self.first_disagreement,
             warnings=list(self.warnings) + list(warnings),
             processes=[self._process_report(p) for p in self.procs.values()],
+            oom_kills=list(self.oom_kills),
         )
 
     def _process_report(self, p: _Proc) -> ProcessReport:
@@ -1088,6 +1108,48 @@ def _run_text(r: _Run) -> tuple[str, str]:
     return head, f"tid {f.tid} {f.comm}: {call}"
 
 
+def _oom_kill(rec: Record) -> OomKill:
+    rises = []
+    for r in rec.get("last_rises") or []:
+        rise = (r.get("vm_peak_kb") or 0) - (r.get("vm_peak_kb_before") or 0)
+        where = f" {r['mapping']['path']}" if r.get("mapping") else ""
+        rises.append(
+            f"+{human_kb(rise)} to {human_kb(r.get('vm_peak_kb') or 0)}: {_describe(r)}{where}"
+        )
+    largest = [
+        f"{human_kb(m.get('size_kb') or 0)} {m.get('path')} {m.get('start')}-{m.get('end')}"
+        for m in rec.get("largest_mappings") or []
+    ]
+    by_kind = rec.get("rss_kb_by_kind") or {}
+    return OomKill(
+        pid=int(rec["pid"]),
+        comm=str(rec.get("comm") or "?"),
+        time=rec.get("time"),
+        cgroup=rec.get("cgroup"),
+        rss_kb=int(rec.get("rss_kb") or 0),
+        rss_kb_by_kind={str(k): int(v) for k, v in by_kind.items()},
+        vm_peak_kb=rec.get("vm_peak_kb"),
+        last_rises=rises,
+        largest_mappings=largest,
+    )
+
+
+def _oom_text(o: OomKill, w: Any) -> None:
+    kinds = ", ".join(f"{k} {human_kb(v)}" for k, v in o.rss_kb_by_kind.items())
+    cg = f" in cgroup {o.cgroup}" if o.cgroup else ""
+    w(f"OOM KILL: pid {o.pid} {o.comm} at {_clock(o.time)}{cg}")
+    peak = human_kb(o.vm_peak_kb) if o.vm_peak_kb is not None else "?"
+    w(f"  RSS at the kill {human_kb(o.rss_kb)} ({kinds}); VmPeak {peak}")
+    if o.last_rises:
+        w("  its last VmPeak rises:")
+        for line in o.last_rises:
+            w(f"    {line}")
+    if o.largest_mappings:
+        w("  its largest mappings:")
+        for line in o.largest_mappings:
+            w(f"    {line}")
+
+
 def render_text(r: Report) -> str:
     out: list[str] = []
     w = out.append
@@ -1108,6 +1170,9 @@ def render_text(r: Report) -> str:
     w(f"  re-explained offline by the engine: {agree}")
     for msg in r.warnings:
         w(f"  warning: {msg}")
+    for o in r.oom_kills:  # what an on-call engineer opens the report for, first
+        w("")
+        _oom_text(o, w)
     for p in r.processes:
         w("")
         _process_text(p, w)

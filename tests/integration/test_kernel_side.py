@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ from pathlib import Path
 import pytest
 
 from tests.integration._require import require
-from tests.integration.conftest import build_c, of, read_jsonl, run_traced, start_vmtrace
+from tests.integration.conftest import (
+    build_c,
+    of,
+    read_jsonl,
+    run_traced,
+    start_vmtrace,
+    vmtrace_cmd,
+    vmtrace_env,
+)
 
 pytestmark = pytest.mark.bpf
 
@@ -189,3 +198,11 @@ def test_oom_kill_is_explained(kernelload: Path, memory_cgroup: Path, tmp_path: 
     assert records.index(oom) < records.index(exit_rec)
     assert exit_rec["ended"] == {"how": "oom-kill", "signal": 9, "name": "SIGKILL"}, exit_rec
     assert "OOM" in vmt.stdout() and "killed by SIGKILL (OOM killer)" in vmt.stdout()
+    # `vmtrace report` opens with it
+    report = subprocess.run(
+        vmtrace_cmd("report", str(log)), capture_output=True, text=True, env=vmtrace_env()
+    )
+    assert report.returncode == 0, report.stderr
+    text = report.stdout
+    assert f"OOM KILL: pid {pid}" in text
+    assert text.index("OOM KILL") < text.index("== pid")
