@@ -187,6 +187,51 @@ def describe_stack(rec: Record, depth: int) -> list[str]:
     return lines
 
 
+_LOADERS = ("ld-linux", "ld.so", "ld64.so", "ld-musl")
+
+
+def by_the_loader(rec: Record) -> bool:
+    """Whether the innermost frame that has a file is in the dynamic loader."""
+    for frame in rec.get("stack") or []:
+        module = frame.get("module") if isinstance(frame, dict) else None
+        if isinstance(module, str) and module:
+            return os.path.basename(module).startswith(_LOADERS)
+    return False
+
+
+def _covers(rec: Record) -> str:
+    n = rec.get("rises_covered")
+    return f"  (covers {n} smaller rises since the last one shown)" if n else ""
+
+
+class _LoaderRun:
+    """The dynamic loader's start-up records of one process, summed for one console line."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.first: Record | None = None
+        self.paths: set[str] = set()
+        self.rise_kb = 0
+        self.vm_peak_kb = 0
+        self.peaks = 0
+        self.latches = 0
+
+    def add(self, rec: Record) -> None:
+        self.first = self.first or rec
+        m = rec.get("mapping")
+        if m and str(m.get("path", "")).startswith("/"):
+            self.paths.add(m["path"])
+        if rec["type"] == "peak":
+            self.peaks += 1
+            self.rise_kb += rec["vm_peak_kb"] - rec["vm_peak_kb_before"]
+            self.vm_peak_kb = rec["vm_peak_kb"]
+        else:
+            self.latches += 1
+
+    def objects(self) -> int:
+        return len(self.paths)
+
+
 class ConsoleSink:
     """Human lines: every new peak and latch; grow/shrink/samples only with -v. Peaks,
     latches and VmHWM records show up to `stack_depth` frames of their user stack."""
@@ -204,6 +249,18 @@ class ConsoleSink:
         self._verbose = verbose
         self._min_delta_kb = min_delta_kb
         self._stack_depth = stack_depth
+        # per pid, from its exec until its first record not made by the dynamic loader: the
+        # loader's start-up peaks and latches, shown as one line (all of them with -v)
+        self._loading: dict[int, _LoaderRun] = {}
+
+    def _loader_line(self, run: _LoaderRun) -> list[str]:
+        if run.first is None:
+            return []
+        return [
+            f"{self._t(run.first)} LOAD  ld.so mapped {run.objects()} objects: "
+            f"+{human_kb(run.rise_kb)} to {human_kb(run.vm_peak_kb)} in {run.peaks} peaks, "
+            f"{run.latches} latches  pid {run.pid} {run.first['comm']}  (-v shows each)"
+        ]
 
     def _stack(self, rec: Record) -> list[str]:
         return [f"      {line}" for line in describe_stack(rec, self._stack_depth)]
@@ -217,6 +274,20 @@ class ConsoleSink:
     def write(self, rec: Record) -> None:
         t = rec["type"]
         lines: list[str] = []
+        pid = rec.get("pid")
+        run = self._loading.get(pid) if isinstance(pid, int) else None
+        if run is not None:
+            if t in ("peak", "latch") and by_the_loader(rec):
+                run.add(rec)
+                return
+            if t in ("peak", "latch", "exec", "exit", "oom", "hwm", "end"):
+                lines += self._loader_line(self._loading.pop(run.pid))
+        if t == "end":
+            for pending in list(self._loading.values()):
+                lines += self._loader_line(pending)
+            self._loading.clear()
+        if t == "exec" and not self._verbose and isinstance(pid, int):
+            self._loading[pid] = _LoaderRun(pid)
         if t == "peak" and rec["vm_peak_kb"] - rec["vm_peak_kb_before"] < self._min_delta_kb:
             pass  # --min-delta with --all-events: logged, not shown
         elif t == "peak":
@@ -225,7 +296,7 @@ class ConsoleSink:
                 f"{self._t(rec)} PEAK  VmPeak {human_kb(before)} -> {human_kb(after)} "
                 f"(+{human_kb(after - before)}) [{after} kB]  {self._who(rec)}"
             )
-            lines.append(f"    {describe_call(rec)}{describe_mapping(rec)}")
+            lines.append(f"    {describe_call(rec)}{describe_mapping(rec)}{_covers(rec)}")
             lines += self._stack(rec)
         elif t == "latch":
             lines.append(

@@ -784,3 +784,35 @@ def test_wall_clock() -> None:
     assert CLOCK.wall_ns_of(TS) == 1_700_000_001_500_000_000
     assert CLOCK.iso(1_000_123_456) == "2023-11-14T22:13:20.000123+00:00"
     assert re.fullmatch(_T, CLOCK.clock_of_day(TS))
+
+
+def _loader_peak(before: int, after: int, path: str, module: str) -> dict[str, Any]:
+    rec = deep_peak(1)
+    rec.update(vm_peak_kb_before=before, vm_peak_kb=after)
+    rec["mapping"] = dict(rec["mapping"], path=path)
+    rec["stack"] = [dict(rec["stack"][0], module=module)]
+    return rec
+
+
+def test_console_sums_the_loaders_start_up_in_one_line() -> None:
+    """GIVEN an exec, then peaks whose innermost frame is in ld.so, then one from the program
+    THEN the console shows the exec, one LOAD line for the loader's work, and the program's
+    peak in full; with -v every peak is shown."""
+    ld = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    execrec = dict(deep_peak(0), type="exec", vm_peak_kb_before=0, vm_peak_kb=400)
+    loaders = [
+        _loader_peak(400, 2400, "/usr/lib/libc.so.6", ld),
+        _loader_peak(2400, 2500, "/usr/lib/libm.so.6", ld),
+        _loader_peak(2500, 2600, "/usr/lib/libm.so.6", ld),
+    ]
+    mine = _loader_peak(2600, 70000, "[anon]", JOB_PATH)
+    lines = console([execrec, *loaders, mine])
+    assert " EXEC " in lines[0]
+    assert re.search(
+        r" LOAD  ld\.so mapped 2 objects: \+2\.15 MiB to 2\.54 MiB in 3 peaks", lines[1]
+    )
+    assert " PEAK " in lines[2] and "[70000 kB]" in lines[2]
+    assert sum(" PEAK " in ln for ln in lines) == 1
+    assert sum(" PEAK " in ln for ln in console([execrec, *loaders, mine], verbose=1)) == 4
+    # a process that exits while loading still gets its line
+    assert any(" LOAD " in ln for ln in console([execrec, loaders[0], dict(execrec, type="exit")]))
