@@ -105,6 +105,7 @@ def diagnose(load: bool) -> Report:
         entry: dict[str, Any] = {
             "backend": cand.name,
             "sites": cand.plan.describe() if cand.plan else None,
+            "cost": backend_cost(cand.name, survey.have_task_pt_regs),
         }
         if not cand.usable:
             entry.update(status="unavailable", detail=cand.reason)
@@ -128,6 +129,25 @@ def diagnose(load: bool) -> Report:
                 session.close()
         r.backends.append(entry)
     return r
+
+
+def backend_cost(backend: str, have_task_pt_regs: bool) -> str:
+    """Who pays for a backend's probes while it traces, in words."""
+    if backend == "tracepoint":
+        what = (
+            "every task's mmap_lock acquire/release and free-range search runs a map lookup "
+            "(mm syscalls and slow-path faults only); no syscall is slowed"
+        )
+    else:
+        probe = "a BPF trampoline" if backend == "fentry" else "a kprobe"
+        what = (
+            f"{probe} on the total_vm writers and on the mmap, munmap, brk, mremap, shmat and "
+            "shmdt syscall functions: only tasks making those calls pay; other syscalls are "
+            "not slowed"
+        )
+    if not have_task_pt_regs:
+        what += "; syscall registers found from the kernel stack layout (no bpf_task_pt_regs)"
+    return what
 
 
 @click.command("doctor")
@@ -159,6 +179,7 @@ def doctor_cmd(ctx: click.Context, /, no_load: bool, as_json: bool) -> None:
         for b in r.backends:
             sites = f"  [{b['sites']}]" if b["sites"] else ""
             click.echo(f"backend {b['backend']:<14} {b['status']}: {b['detail']}{sites}")
+            click.echo(f"  {'':<20} cost: {b['cost']}")
         if working:
             click.echo(f"=> tracing works here; --backend auto uses {working[0]}")
         elif no_load:
