@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     tail,
     wait_for_start,
 )
+from vmtrace.schema import SCHEMA_VERSION
 from vmtrace.sinks import by_the_loader
 
 pytestmark = pytest.mark.bpf
@@ -229,7 +230,7 @@ def _trace_attach(workload: Path, workdir: Path, backend: str) -> tuple[int, str
             ["-p", str(pid), "--backend", backend, *INTERVAL, "-o", str(log)], workdir
         )
         start = wait_for_start(log, vmt)
-        assert start.get("version") == 1, f"start record: {start!r}"
+        assert start.get("version") == SCHEMA_VERSION, f"start record: {start!r}"
         assert wl.stdin is not None
         wl.stdin.write(b"go\n")
         wl.stdin.close()
@@ -313,8 +314,8 @@ def test_log_framing(trace: Trace) -> None:
     first, last = recs[0], recs[-1]
     if first.get("type") != "start":
         problems.append(f"first record is not `start`: {fmt(first)}")
-    elif first.get("version") != 1:
-        problems.append(f"start.version is {first.get('version')!r}, expected 1")
+    elif first.get("version") != SCHEMA_VERSION:
+        problems.append(f"start.version is {first.get('version')!r}, expected {SCHEMA_VERSION}")
     else:
         target_pids = [t.get("pid") for t in first.get("targets") or []]
         if trace.workload_pid not in target_pids:
