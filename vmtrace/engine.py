@@ -40,6 +40,7 @@ class _Process:
     vm_hwm_kb: int = 0
     hwm_set_by: Explained | None = None
     mm_id: int = 0  # the image being followed (0: not known yet)
+    lost: int = 0  # the kernel side's count of this process's dropped records
 
 
 class PeakEngine:
@@ -61,6 +62,7 @@ class PeakEngine:
         p = self._procs.get(change.pid)
         if p is None:
             p = self._procs[change.pid] = _Process(comm=change.comm)
+        p.lost = max(p.lost, change.lost)
         now = max(change.total_vm_kb_after, change.hiwater_vm_kb_after)
         kind = change.kind
 
@@ -169,6 +171,7 @@ class PeakEngine:
                     top_causes=tuple(Contributor(c, m, kb) for (c, m), kb in top if kb > 0),
                     vm_hwm_kb=p.vm_hwm_kb,
                     hwm_set_by=p.hwm_set_by,
+                    lost=p.lost,
                 )
             )
         return out

@@ -154,6 +154,7 @@ class Enricher:
             oom_trigger_pid=ev.aux if ev.kind is EventKind.OOM else None,
             mm_id=ev.mm_id,
             folded_rises=ev.folded_rises,
+            lost=ev.lost,
         )
 
     def unwind(self, pid: int, stack: UserStack) -> list[Frame]:

@@ -92,6 +92,7 @@ class Change:
     oom_trigger_pid: int | None = None  # oom: whose allocation made the kernel kill
     mm_id: int = 0  # the address space: records of an earlier image have another one
     folded_rises: int = 0  # --min-delta: smaller VmPeak rises this peak covers
+    lost: int = 0  # records of this process the kernel side had no room for, so far
 
     @property
     def delta_kb(self) -> int:
@@ -142,3 +143,4 @@ class ProcessSummary:
     top_causes: tuple[Contributor, ...] = field(default_factory=tuple)
     vm_hwm_kb: int = 0
     hwm_set_by: Explained | None = None
+    lost: int = 0  # records of this process the kernel side had no room for

@@ -338,6 +338,7 @@ def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
         "hwm_set_by": hwm_set_by,
         "peaks": s.peaks,
         "latches": s.latches,
+        "lost": s.lost,
         "set_by": set_by,
         "top_causes": [{"cause": t.cause, "mapping": t.mapping, "kb": t.kb} for t in s.top_causes],
     }

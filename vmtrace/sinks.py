@@ -403,6 +403,11 @@ class ConsoleSink:
                 f"pid {s['pid']} {s['comm']}: VmPeak {human_kb(s['vm_peak_kb'])} "
                 f"[{s['vm_peak_kb']} kB], {s['peaks']} new peaks, {s['latches']} latches"
             )
+            if s.get("lost"):
+                lines.append(
+                    f"  {s['lost']} of its records lost (ring buffer full): its shadow address "
+                    "space may miss mappings; VmPeak stays exact"
+                )
             if s.get("vm_hwm_kb"):
                 lines.append(f"  VmHWM {human_kb(s['vm_hwm_kb'])} [{s['vm_hwm_kb']} kB]")
                 hb = s.get("hwm_set_by")
