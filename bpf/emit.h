@@ -89,12 +89,21 @@ static __always_inline void vmt_fill_stack(struct vmt_user_stack *s, struct vmt_
 		count(VMT_CNT_STACK_ERR);
 }
 
-/* A record in the right ring, its optional parts filled; NULL (and counted, for the
- * process too) when the ring is full. `stack_regs` non-NULL: capture the user stack. */
-static __always_inline struct vmt_event *vmt_reserve(struct target_state *st, int is_vital,
-						     u64 file, struct vmt_regs *stack_regs)
+static __always_inline int vmt_lost(struct target_state *st, int is_vital)
 {
-	struct vmt_event *e = 0;
+	count(is_vital ? VMT_CNT_LOST_VITAL : VMT_CNT_LOST_CHANGES);
+	if (st)
+		__sync_fetch_and_add(&st->lost, 1);
+	return 0;
+}
+
+/* A record in the right ring, its optional parts filled, in *out: 1; or 0 (counted, for
+ * the process too) when the ring is full or the trace is stopping. `stack_regs` non-NULL:
+ * capture the user stack. Callers test the result, never the pointer (see below). */
+static __always_inline int vmt_reserve(struct vmt_event **out, struct target_state *st,
+				       int is_vital, u64 file, struct vmt_regs *stack_regs)
+{
+	struct vmt_event *e;
 	u32 flags = 0;
 	struct vmt_config *cfg = vmt_config();
 	if (cfg && cfg->stopped)
@@ -102,31 +111,33 @@ static __always_inline struct vmt_event *vmt_reserve(struct target_state *st, in
 #ifdef VMT_NO_STACKS
 	stack_regs = 0;
 #endif
+	/* Each reservation is checked once, where it is made: a second test of a pointer
+	 * already known non-null leaves a path older verifiers (6.1) think holds the
+	 * reservation unreleased. */
 	if (is_vital && stack_regs && stack_regs->ok) {
 		e = vital.ringbuf_reserve(VMT_SIZE_STACK);
-		if (e) {
-			vmt_fill_file((struct vmt_file *)(e + 1), file);
-			vmt_fill_stack((struct vmt_user_stack *)((void *)(e + 1) +
-								 sizeof(struct vmt_file)),
-				       stack_regs);
-			flags = VMT_FLAG_HAS_FILE | VMT_FLAG_HAS_STACK;
-		}
+		if (!e)
+			return vmt_lost(st, is_vital);
+		vmt_fill_file((struct vmt_file *)(e + 1), file);
+		vmt_fill_stack((struct vmt_user_stack *)((void *)(e + 1) + sizeof(struct vmt_file)),
+			       stack_regs);
+		flags = VMT_FLAG_HAS_FILE | VMT_FLAG_HAS_STACK;
 	} else if (file) {
-		e = is_vital ? vital.ringbuf_reserve(VMT_SIZE_FILE) :
-			       events.ringbuf_reserve(VMT_SIZE_FILE);
-		if (e) {
-			vmt_fill_file((struct vmt_file *)(e + 1), file);
-			flags = VMT_FLAG_HAS_FILE;
-		}
+		if (is_vital)
+			e = vital.ringbuf_reserve(VMT_SIZE_FILE);
+		else
+			e = events.ringbuf_reserve(VMT_SIZE_FILE);
+		if (!e)
+			return vmt_lost(st, is_vital);
+		vmt_fill_file((struct vmt_file *)(e + 1), file);
+		flags = VMT_FLAG_HAS_FILE;
 	} else {
-		e = is_vital ? vital.ringbuf_reserve(VMT_SIZE_EVENT) :
-			       events.ringbuf_reserve(VMT_SIZE_EVENT);
-	}
-	if (!e) {
-		count(is_vital ? VMT_CNT_LOST_VITAL : VMT_CNT_LOST_CHANGES);
-		if (st)
-			__sync_fetch_and_add(&st->lost, 1);
-		return 0;
+		if (is_vital)
+			e = vital.ringbuf_reserve(VMT_SIZE_EVENT);
+		else
+			e = events.ringbuf_reserve(VMT_SIZE_EVENT);
+		if (!e)
+			return vmt_lost(st, is_vital);
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->flags = flags | (is_vital ? VMT_FLAG_VITAL : 0);
@@ -139,7 +150,8 @@ static __always_inline struct vmt_event *vmt_reserve(struct target_state *st, in
 	if (st)
 		e->lost = st->lost;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-	return e;
+	*out = e;
+	return 1;
 }
 
 /* Vital records wake the reader at once; the others only once the ring holds enough to

@@ -41,8 +41,10 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	st->reported_peak = st->peak;
 	st->folded = 0;
 	st->hwm_sent = vmt_vmhwm(mm);
-	struct vmt_event *e = vmt_reserve(st, 1, vmt_read_u64(mm + VMT_OFF_MM_EXE_FILE), 0);
-	if (!e)
+	/* no file part: the new image's mappings are read from /proc when the record arrives,
+	 * and the path walk would make this program too complex for older verifiers */
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, st, 1, 0, 0))
 		return 0;
 	e->kind = VMT_KIND_EXEC;
 	vmt_fill_counters(e, &before, &now, old_peak, mm);
@@ -73,8 +75,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 		return 0;
 	if (last.mm == 0)
 		return 0;  /* exited before the probes ever saw it act */
-	struct vmt_event *e = vmt_reserve(0, 1, 0, 0);
-	if (!e)
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, 0, 1, 0, 0))
 		return 0;
 	e->kind = VMT_KIND_EXIT;
 	e->mm_id = last.mm;
@@ -113,8 +115,8 @@ RAW_TRACEPOINT_PROBE(mark_victim)
 		return 0;
 	if (!mm)
 		mm = st->mm;
-	struct vmt_event *e = vmt_reserve(st, 1, 0, 0);
-	if (!e)
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, st, 1, 0, 0))
 		return 0;
 	e->kind = VMT_KIND_OOM;
 	struct mm_snap last = {
@@ -156,8 +158,8 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 		return 0;
 	}
 	struct target_state *cst = targets.lookup(&child_tgid);
-	struct vmt_event *e = vmt_reserve(cst, 1, 0, 0);
-	if (!e)
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, cst, 1, 0, 0))
 		return 0;
 	e->kind = VMT_KIND_FORK;
 	e->pid = child_tgid;

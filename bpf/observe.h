@@ -59,8 +59,8 @@ static __always_inline void vmt_new_mm(struct target_state *st, u64 mm, s64 nr)
 	vmt_accept(st, mm, &now, 1);
 	st->reported_peak = st->peak;
 	st->hwm_sent = vmt_vmhwm(mm);
-	struct vmt_event *e = vmt_reserve(st, 1, 0, 0);
-	if (!e)
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, st, 1, 0, 0))
 		return;
 	e->kind = VMT_KIND_BASELINE;
 	vmt_fill_counters(e, &now, &now, st->peak, mm);
@@ -104,8 +104,8 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	u64 file = 0;
 	if (r->nr == NR_MMAP && !(r->args[3] & VMT_MAP_ANONYMOUS))
 		file = vmt_file_of_fd((s64)(s32)r->args[4]);
-	struct vmt_event *e = vmt_reserve(st, vital, file, vital ? r : 0);
-	if (!e)
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, st, vital, file, vital ? r : 0))
 		return;
 	e->kind = vmt_decoded_call(r->nr) ? VMT_KIND_SYSCALL : VMT_KIND_OTHER;
 	vmt_fill_counters(e, before, after, peak_before, mm);

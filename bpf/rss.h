@@ -31,8 +31,8 @@ RAW_TRACEPOINT_PROBE(rss_stat)
 	st->hwm_sent = hwm;
 	struct vmt_regs r = {};
 	vmt_read_regs(vmt_user_regs(), &r);
-	struct vmt_event *e = vmt_reserve(st, 1, 0, &r);
-	if (!e)
+	struct vmt_event *e;
+	if (!vmt_reserve(&e, st, 1, 0, &r))
 		return 0;
 	e->kind = VMT_KIND_HWM;
 	struct mm_snap last = {

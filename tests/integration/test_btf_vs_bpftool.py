@@ -149,7 +149,6 @@ EXPECTED_MEMBERS = {
     "pt_regs_ip": ("pt_regs", "ip"),
     "pt_regs_bp": ("pt_regs", "bp"),
     "mm_brk": ("mm_struct", "brk"),
-    "mm_exe_file": ("mm_struct", "exe_file"),
     "binprm_filename": ("linux_binprm", "filename"),
     "task_files": ("task_struct", "files"),
     "task_signal": ("task_struct", "signal"),

@@ -349,7 +349,7 @@ def _kernel_btf(path: Path) -> None:
         "",
         512,
         [("hiwater_rss", ulong, 2752), ("hiwater_vm", ulong, 2816), ("total_vm", ulong, 2880),
-         ("stack_vm", ulong, 3200), ("brk", ulong, 464 * 8), ("exe_file", ptr, 1312 * 8),
+         ("stack_vm", ulong, 3200), ("brk", ulong, 464 * 8),
          ("rss_stat", ulong, 7680)],
     )  # fmt: skip
     b.add_composite(t.STRUCT, "mm_struct", 1472, [("", anon, 0)])
@@ -369,7 +369,7 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
         rss_count=8, mm_total_vm=360, mm_hiwater_vm=352, mm_stack_vm=400,
         mm_hiwater_rss=344, pt_regs_size=168, pt_regs_orig_ax=120, pt_regs_di=112,
         pt_regs_si=104, pt_regs_dx=96, pt_regs_r10=56, pt_regs_r8=72, pt_regs_r9=64,
-        pt_regs_sp=152, pt_regs_ip=128, pt_regs_bp=32, mm_brk=464, mm_exe_file=1312,
+        pt_regs_sp=152, pt_regs_ip=128, pt_regs_bp=32, mm_brk=464,
         binprm_filename=96,
         task_files=1824, task_signal=1848, signal_live=4, files_fdt=32, fdtable_fd=8,
         fdtable_max_fds=0, file_dentry=72, file_mnt=64, file_inode=32, dentry_name=40,

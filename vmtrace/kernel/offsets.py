@@ -45,7 +45,6 @@ _MEMBERS: dict[str, tuple[str, str]] = {
     "pt_regs_ip": ("pt_regs", "ip"),
     "pt_regs_bp": ("pt_regs", "bp"),
     "mm_brk": ("mm_struct", "brk"),
-    "mm_exe_file": ("mm_struct", "exe_file"),
     "binprm_filename": ("linux_binprm", "filename"),
     # the file an mmap maps, named by the kernel at the change: fd -> file -> dentry walk
     "task_files": ("task_struct", "files"),
@@ -98,7 +97,6 @@ class KernelOffsets:
     pt_regs_ip: int
     pt_regs_bp: int
     mm_brk: int
-    mm_exe_file: int
     binprm_filename: int
     task_files: int
     task_signal: int
