@@ -35,9 +35,10 @@ from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
-from vmtrace.records import Explained, ProcStatus
+from vmtrace.records import Explained, Mapping, ProcStatus
 from vmtrace.session import MAX_BATCH, BccSession
 from vmtrace.sinks import Sink
+from vmtrace.symbols import StackSymbolizer
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
 
@@ -98,6 +99,7 @@ class Tracer:
         self.child: HeldChild | None = None
         self.clock = WallClock(time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time_ns())
         self.enricher: Enricher | None = None
+        self.symbols: StackSymbolizer | None = None
         self._infos: list[procfs.ProcessInfo] = []
         self._taskstats: TaskstatsClient | None = None
         self._exits: ExitListener | None = None
@@ -213,8 +215,11 @@ class Tracer:
         session: BccSession | None = None
         try:
             session = self.session = self._open_backend()
+            self.symbols = StackSymbolizer(
+                session.stack_addresses, self._mapping_at, procfs.read_maps
+            )
             self.enricher = Enricher(
-                os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, session.symbolize
+                os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, self.symbols
             )
             for info in infos:
                 session.add_target(info.pid)
@@ -249,6 +254,9 @@ class Tracer:
             rc = self.child.wait()
             return rc if rc >= 0 else 128 - rc
         return 0
+
+    def _mapping_at(self, pid: int, addr: int) -> Mapping | None:
+        return self.enricher.shadow(pid).find(addr) if self.enricher is not None else None
 
     def _open_taskstats(self) -> None:
         """Cross-checks and exit values from the kernel's taskstats; tracing goes on
@@ -396,6 +404,8 @@ class Tracer:
             self.events += 1
             explained = self.engine.explain(self.enricher.enrich(ev))
             if ev.kind is EventKind.EXEC:
+                if self.symbols is not None:
+                    self.symbols.forget(ev.pid)  # the old image's files and maps
                 fresh = procfs.inspect_target_quietly(ev.pid, target.info)
                 target.info = dataclasses.replace(fresh, comm=ev.comm)
             target.last = explained
@@ -547,7 +557,8 @@ class Tracer:
         )
         if self.session is not None:
             self.session.remove_target(pid)
-            self.session.forget_symbols(pid)
+        if self.symbols is not None:
+            self.symbols.forget(pid)
         if self.enricher is not None:
             self.enricher.forget(pid)
 
