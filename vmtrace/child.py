@@ -5,6 +5,7 @@ subprocess.Popen cannot do this: it waits for the exec to happen before returnin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,17 +20,21 @@ class HeldChild:
         r, self._release = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            os.close(self._release)
-            go = os.read(r, 1)
-            if go != b"g":
-                os._exit(127)  # the tracer gave up: never run untraced
-            os.close(r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Nothing of vmtrace runs here: a Ctrl-C while held ends this process by the
+            # signal (not by a KeyboardInterrupt unwinding a copy of the tracer), and any
+            # failure ends it without running the command.
             try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.close(self._release)
+                go = os.read(r, 1)
+                if go != b"g":
+                    os._exit(127)  # the tracer gave up: never run untraced
+                os.close(r)
                 os.execvp(command[0], command)
             except OSError as e:
                 print(f"vmtrace: failed to run {command[0]}: {e.strerror}", file=sys.stderr)
+            finally:
                 os._exit(127)
         os.close(r)
         self.pid = pid
@@ -64,6 +69,20 @@ class HeldChild:
 
     def poll(self) -> int | None:
         return self._reap(os.WNOHANG)
+
+    def wait_forwarding(self, signals: tuple[signal.Signals, ...]) -> int:
+        """wait(), passing SIGNALS received meanwhile on to the command."""
+
+        def forward(signum: int, _frame: object) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+        old = {sig: signal.signal(sig, forward) for sig in signals}
+        try:
+            return self.wait()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def wait(self) -> int:
         while True:

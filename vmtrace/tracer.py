@@ -81,9 +81,11 @@ class _Stop:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.signum = 0
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         self.reason = "interrupted" if signum == signal.SIGINT else "terminated"
+        self.signum = signum
 
 
 class Tracer:
@@ -207,53 +209,80 @@ class Tracer:
         if opts.command:
             self.child = HeldChild(opts.command)
             released = False
-            infos = [procfs.inspect_target(self.child.pid)]
         stop = self._stop
         old_int = signal.signal(signal.SIGINT, stop)
         old_term = signal.signal(signal.SIGTERM, stop)
         reason = "error"
         session: BccSession | None = None
         try:
-            session = self.session = self._open_backend()
-            self.symbols = StackSymbolizer(
-                session.stack_addresses, self._mapping_at, procfs.read_maps
-            )
-            self.enricher = Enricher(
-                os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, self.symbols
-            )
-            for info in infos:
-                session.add_target(info.pid)
-            self._open_taskstats()
-            attach_seconds = time.monotonic() - started
-            self._announce(infos, attach_seconds)
-            if self.child is not None:
-                self.child.release()
-                released = True
-            reason = self._loop(stop)
-        finally:
-            # The handlers stay until everything is written and detached: a second Ctrl-C
-            # during shutdown must not cut the log short or leave probes behind.
             try:
-                if not released and self.child is not None:
-                    self.child.abandon()
-                if self.session is not None:
-                    self._finish(reason)
+                if self.child is not None:
+                    infos = [procfs.inspect_target(self.child.pid)]
+                session = self.session = self._open_backend()
+                self.symbols = StackSymbolizer(
+                    session.stack_addresses, self._mapping_at, procfs.read_maps
+                )
+                self.enricher = Enricher(
+                    os.sysconf("SC_PAGE_SIZE"), _name_file, procfs.read_maps, self.symbols
+                )
+                for info in infos:
+                    session.add_target(info.pid)
+                self._open_taskstats()
+                attach_seconds = time.monotonic() - started
+                self._announce(infos, attach_seconds)
+                if self.child is not None and stop.reason is None:
+                    self.child.release()
+                    released = True
+                reason = stop.reason or self._loop(stop)
             finally:
+                # The handlers stay until everything is written and detached: a second
+                # Ctrl-C during shutdown must not cut the log short or leave probes behind.
                 try:
-                    if session is not None:
-                        session.close()
-                    for closable in (self._exits, self._taskstats):
-                        if closable is not None:
-                            closable.close()
+                    if not released and self.child is not None:
+                        self.child.abandon()
+                        if stop.reason:
+                            name = self.child.command[0]
+                            self.log(f"{stop.reason} before {name} started: it did not run")
+                    if self.session is not None:
+                        self._finish(reason)
                 finally:
-                    signal.signal(signal.SIGINT, old_int)
-                    signal.signal(signal.SIGTERM, old_term)
+                    try:
+                        if session is not None:
+                            session.close()
+                        for closable in (self._exits, self._taskstats):
+                            if closable is not None:
+                                closable.close()
+                    finally:
+                        signal.signal(signal.SIGINT, old_int)
+                        signal.signal(signal.SIGTERM, old_term)
+        finally:
+            # Whatever ended the trace (an error included), the command is not left behind
+            # unannounced: it has exited, or runs on untraced and vmtrace waits for it.
+            status = self._child_status(released, reason)
         if self.output_error is not None:
             raise self.output_error
-        if self.child is not None:
-            rc = self.child.wait()
-            return rc if rc >= 0 else 128 - rc
-        return 0
+        if status is None:  # -p / --comm / --cgroup / -a
+            return 0
+        if not released and stop.signum:
+            return 128 + stop.signum  # the command never ran
+        return status if status >= 0 else 128 - status
+
+    def _child_status(self, released: bool, reason: str) -> int | None:
+        """The command's exit status (negative: killed by that signal), once it has exited;
+        None without a command."""
+        child = self.child
+        if child is None:
+            return None
+        if not released:
+            return child.wait()
+        if child.poll() is None:
+            why = {"error": "vmtrace failed", "duration": "--duration elapsed"}.get(reason, reason)
+            self.log(
+                f"no longer tracing pid {child.pid} ({child.command[0]}): {why}; it runs on "
+                "untraced, and vmtrace exits with its status (Ctrl-C or SIGTERM is passed on)"
+            )
+            return child.wait_forwarding((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+        return child.wait()
 
     def _mapping_at(self, pid: int, addr: int) -> Mapping | None:
         return self.enricher.shadow(pid).find(addr) if self.enricher is not None else None

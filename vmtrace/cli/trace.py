@@ -7,7 +7,7 @@ import signal
 import sys
 
 from vmtrace.errors import OutputError
-from vmtrace.sinks import ConsoleSink, JsonlSink, RotatingJsonlSink, Sink, open_log
+from vmtrace.sinks import ConsoleSink, JsonlSink, LogFile, RotatingJsonlSink, Sink
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
 
@@ -56,7 +56,7 @@ def trace(
     if output and rotate:
         log_sink = RotatingJsonlSink(output, force, rotate)
     elif output:
-        log_sink = JsonlSink(open_log(output, force), output)
+        log_sink = JsonlSink(LogFile(output, force), output)
     if log_sink is not None:
         sinks.append(log_sink)
     if json_stdout:
@@ -65,6 +65,10 @@ def trace(
         sinks.append(ConsoleSink(sys.stdout, tracer.clock, verbose, min_delta // 1024))
     try:
         return tracer.run(started)
+    except BaseException:
+        if log_sink is not None:
+            log_sink.abandon()  # no trace started: no log left behind (the error says why)
+        raise
     finally:
         # Done: a Ctrl-C now (Python resets SIGINT while it shuts down) must not turn a
         # complete trace into an exit by signal.
