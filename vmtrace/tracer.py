@@ -199,8 +199,23 @@ class Tracer:
     # -- main -------------------------------------------------------------------------
     def preflight(self) -> None:
         """Everything that can refuse to trace, before any file is created or probe loaded."""
+        self.opts.pids = self._processes_of(self.opts.pids)
         self._infos = [procfs.inspect_target(pid) for pid in self.opts.pids]
         self._sessions = self._prepare()
+
+    def _processes_of(self, pids: list[int]) -> list[int]:
+        """-p takes a process; given a thread's id it traces that thread's process (the
+        kernel side and /proc/PID/status are per process), and says so."""
+        out: list[int] = []
+        for pid in pids:
+            tgid = procfs.tgid_of(pid)
+            if tgid is not None and tgid != pid:
+                comm = procfs.read_comm(tgid) or "?"
+                self.log(f"{pid} is a thread of process {tgid} ({comm}): tracing process {tgid}")
+                pid = tgid
+            if pid not in out:
+                out.append(pid)
+        return out
 
     def run(self, started: float) -> int:
         opts = self.opts
@@ -243,6 +258,8 @@ class Tracer:
                         if stop.reason:
                             name = self.child.command[0]
                             self.log(f"{stop.reason} before {name} started: it did not run")
+                    elif self.child is not None and self.child.poll() is None:
+                        self._note_untraced(reason)
                     if self.session is not None:
                         self._finish(reason)
                 finally:
@@ -258,7 +275,7 @@ class Tracer:
         finally:
             # Whatever ended the trace (an error included), the command is not left behind
             # unannounced: it has exited, or runs on untraced and vmtrace waits for it.
-            status = self._child_status(released, reason)
+            status = self._child_status(released)
         if self.output_error is not None:
             raise self.output_error
         if status is None:  # -p / --comm / --cgroup / -a
@@ -267,20 +284,21 @@ class Tracer:
             return 128 + stop.signum  # the command never ran
         return status if status >= 0 else 128 - status
 
-    def _child_status(self, released: bool, reason: str) -> int | None:
+    def _note_untraced(self, reason: str) -> None:
+        assert self.child is not None
+        why = {"error": "vmtrace failed", "duration": "--duration elapsed"}.get(reason, reason)
+        self.log(
+            f"no longer tracing pid {self.child.pid} ({self.child.command[0]}): {why}; it runs "
+            "on untraced, and vmtrace exits with its status (Ctrl-C or SIGTERM is passed on)"
+        )
+
+    def _child_status(self, released: bool) -> int | None:
         """The command's exit status (negative: killed by that signal), once it has exited;
         None without a command."""
         child = self.child
         if child is None:
             return None
-        if not released:
-            return child.wait()
-        if child.poll() is None:
-            why = {"error": "vmtrace failed", "duration": "--duration elapsed"}.get(reason, reason)
-            self.log(
-                f"no longer tracing pid {child.pid} ({child.command[0]}): {why}; it runs on "
-                "untraced, and vmtrace exits with its status (Ctrl-C or SIGTERM is passed on)"
-            )
+        if released and child.poll() is None:
             return child.wait_forwarding((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
         return child.wait()
 
@@ -400,6 +418,8 @@ class Tracer:
         next_sample = time.monotonic() + self.opts.interval
         while True:
             self._process(self.session.poll(POLL_MS))
+            if self.output_error is not None:
+                return "error"  # at once: the rest of a flood's records would take seconds
             self._drain_exits()
             self._check_lost()
             now = time.monotonic()
@@ -501,7 +521,7 @@ class Tracer:
         for _ in range(max_batches):
             batch = self.session.drain()
             self._process(batch)
-            if len(batch) < MAX_BATCH or self._stop.reason:
+            if len(batch) < MAX_BATCH or self._stop.reason or self.output_error is not None:
                 return
 
     def _check_lost(self) -> None:
