@@ -7,6 +7,7 @@ child takes the user's uid, gid, supplementary groups and HOME before it waits t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -64,26 +65,30 @@ class HeldChild:
         r, self._release = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            os.close(self._release)
-            if run_as is not None:
-                try:
-                    run_as.become()
-                except OSError as e:
-                    print(
-                        f"vmtrace: failed to run the command as {run_as.name}: {e.strerror}",
-                        file=sys.stderr,
-                    )
-                    os._exit(127)
-            go = os.read(r, 1)
-            if go != b"g":
-                os._exit(127)  # the tracer gave up: never run untraced
-            os.close(r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Nothing of vmtrace runs here: a Ctrl-C while held ends this process by the
+            # signal (not by a KeyboardInterrupt unwinding a copy of the tracer), and any
+            # failure ends it without running the command.
             try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.close(self._release)
+                if run_as is not None:
+                    try:
+                        run_as.become()
+                    except OSError as e:
+                        print(
+                            f"vmtrace: failed to run the command as {run_as.name}: {e.strerror}",
+                            file=sys.stderr,
+                        )
+                        os._exit(127)
+                go = os.read(r, 1)
+                if go != b"g":
+                    os._exit(127)  # the tracer gave up: never run untraced
+                os.close(r)
                 os.execvpe(command[0], command, os.environ)
             except OSError as e:
                 print(f"vmtrace: failed to run {command[0]}: {e.strerror}", file=sys.stderr)
+            finally:
                 os._exit(127)
         os.close(r)
         self.pid = pid
@@ -118,6 +123,20 @@ class HeldChild:
 
     def poll(self) -> int | None:
         return self._reap(os.WNOHANG)
+
+    def wait_forwarding(self, signals: tuple[signal.Signals, ...]) -> int:
+        """wait(), passing SIGNALS received meanwhile on to the command."""
+
+        def forward(signum: int, _frame: object) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+        old = {sig: signal.signal(sig, forward) for sig in signals}
+        try:
+            return self.wait()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def wait(self) -> int:
         while True:

@@ -191,6 +191,23 @@ def inspect_target(pid: int, proc: str = PROC) -> ProcessInfo:
     )
 
 
+def tgid_of(pid: int, proc: str = PROC) -> int | None:
+    """The process (thread group) that task `pid` belongs to: `pid` itself for a process,
+    another number for one of its threads (/proc/TID exists, unlisted, for every thread);
+    None if there is no such task."""
+    try:
+        text = _read(f"{proc}/{pid}/status")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Tgid:"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 def inspect_target_quietly(pid: int, fallback: ProcessInfo) -> ProcessInfo:
     """Re-read a target after exec (new comm and cmdline); keep what we had if it is gone."""
     try:

@@ -178,6 +178,7 @@ class BccSession:
         self._bpf: Any = None
         self._batch: list[KernelEvent] = []
         self.decode_errors = 0
+        self.close_errors = 0
         self.diagnostics = ""
 
     def _cflags(self) -> list[str]:
@@ -340,21 +341,46 @@ class BccSession:
         return int(st.peak) if st.mm else None
 
     def close(self) -> None:
-        """Detach every probe and close every fd, whatever fails on the way: detaching
-        comes first in bcc's cleanup, so even a failed close leaves nothing attached."""
+        """Detach every probe and close every fd bcc opened for this session, each once.
+
+        bcc's own cleanup() is not called first: when a detach fails (after libbcc has
+        closed the perf event fd anyway) it raises and leaves that fd in its bookkeeping, so
+        any later cleanup closes the number again, by then perhaps stdout or the log. Each fd
+        is taken out of bcc's tables before it is closed, and whatever fails is only
+        counted in `close_errors`: no fd is retried."""
         bpf, self._bpf = self._bpf, None
         if bpf is None:
             return
-        atexit.unregister(bpf.cleanup)  # bcc registers it too; once is enough
+        atexit.unregister(bpf.cleanup)
+        errors = 0
+        lib = import_bcc().lib
+        for tp in list(getattr(bpf, "tracepoint_fds", {})):
+            fd = bpf.tracepoint_fds.pop(tp)
+            errors += lib.bpf_close_perf_event_fd(fd) < 0
+        for event in list(getattr(bpf, "kprobe_fds", {})):
+            fds = bpf.kprobe_fds.pop(event)
+            for fd in fds.values():
+                errors += lib.bpf_close_perf_event_fd(fd) < 0
+            errors += lib.bpf_detach_kprobe(event) < 0
+        for table in ("raw_tracepoint_fds", "kfunc_entry_fds", "kfunc_exit_fds", "lsm_fds"):
+            fds = getattr(bpf, table, {})
+            for name in list(fds):
+                errors += not _close_once(fds.pop(name))
+        funcs = getattr(bpf, "funcs", {})
+        for name in list(funcs):
+            errors += not _close_once(funcs.pop(name).fd)
         try:
+            # Nothing is left in the tables above: this only frees the ring buffer manager
+            # (its epoll fd) and the module (its map fds), which bcc alone holds.
             bpf.cleanup()
-        except Exception:  # bcc raises bare Exception from detach_*, OSError from close
-            # Seen rarely (1 in ~10 runs of one test): bcc finding one of its fds already
-            # closed (EBADF). Finish the job rather than leave it to a failing atexit call:
-            # what is still attached is detached when the fds close with the process.
-            with contextlib.suppress(Exception):
-                bpf.cleanup()
-            for name, fn in list(getattr(bpf, "funcs", {}).items()):
-                with contextlib.suppress(OSError):
-                    os.close(fn.fd)
-                bpf.funcs.pop(name, None)
+        except Exception:  # bcc raises bare Exception
+            errors += 1
+        self.close_errors = errors
+
+
+def _close_once(fd: int) -> bool:
+    try:
+        os.close(fd)
+    except OSError:
+        return False
+    return True

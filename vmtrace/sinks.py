@@ -24,13 +24,23 @@ def open_log(path: str, force: bool) -> IO[str]:
     return os.fdopen(create_output(path, force), "w", encoding="utf-8")
 
 
-def create_output(path: str, force: bool) -> int:
+def create_output(path: str, force: bool, truncate: bool = True) -> int:
     """The fd of a new output file (logs, reports, exports, plots): mode 0600, never through
-    a symlink, never over an existing file unless `force`."""
+    a symlink, never over an existing file unless `force` (and then emptied, unless not
+    `truncate`: the caller empties it once it has something to write)."""
+    return _create(path, force, truncate)[0]
+
+
+def _create(path: str, force: bool, truncate: bool) -> tuple[int, bool]:
+    """(fd, whether this call created the file)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    flags |= os.O_TRUNC if force else os.O_EXCL
     try:
-        fd = os.open(path, flags, 0o600)
+        try:
+            return os.open(path, flags | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            if not force:
+                raise
+        fd = os.open(path, (flags & ~os.O_CREAT) | (os.O_TRUNC if truncate else 0))
     except FileExistsError:
         raise OutputError(
             f"failed to create {path}: it exists (fix: choose another -o, or add --force)"
@@ -40,19 +50,62 @@ def create_output(path: str, force: bool) -> int:
             raise OutputError(f"failed to create {path}: it is a symlink (refused)") from None
         raise OutputError(f"failed to create {path}: {e.strerror}") from None
     os.fchmod(fd, 0o600)  # with --force the file existed: its old mode must not leak the log
-    return fd
+    return fd, False
+
+
+class LogFile:
+    """The -o file of a trace, made before tracing starts so that an unwritable path is
+    refused before any probe is loaded; but it only becomes the log with the first record:
+    a file replaced with --force is emptied then, and a trace that never started removes
+    the file it created (`abandon`), or leaves the one it would have replaced untouched."""
+
+    def __init__(self, path: str, force: bool) -> None:
+        self.path = path
+        fd, self._created = _create(path, force, truncate=False)
+        self._ident = _ident(os.fstat(fd))
+        self.stream: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        self.used = False
+
+    def use(self) -> None:
+        if not self.used:
+            self.used = True
+            self.stream.truncate(0)
+
+    def abandon(self) -> None:
+        """Close the file unused; remove it if this trace created it (and it is still the
+        file at `path`)."""
+        if self.used:
+            return
+        self.stream.close()
+        try:
+            if self._created and _ident(os.lstat(self.path)) == self._ident:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 class JsonlSink:
-    def __init__(self, stream: IO[str], name: str) -> None:
-        self._f = stream
+    def __init__(self, stream: IO[str] | LogFile, name: str) -> None:
+        self._file = stream if isinstance(stream, LogFile) else None
+        self._f = stream.stream if isinstance(stream, LogFile) else stream
         self._name = name
+
+    def abandon(self) -> None:
+        """The trace never started: no log (see LogFile)."""
+        if self._file is not None:
+            self._file.abandon()
 
     def write(self, rec: Record) -> None:
         self._write_line(json.dumps(rec, separators=(",", ":")) + "\n")
 
     def _write_line(self, line: str) -> None:
         try:
+            if self._file is not None and not self._file.used:
+                self._file.use()
             self._f.write(line)
         except OSError as e:
             raise OutputError(f"failed to write {self._name}: {e.strerror}") from None
@@ -81,7 +134,7 @@ class RotatingJsonlSink(JsonlSink):
                 f"failed to create {path}: {path}.1 exists from an earlier rotated log "
                 "(fix: choose another -o, or add --force)"
             )
-        super().__init__(open_log(path, force), path)
+        super().__init__(LogFile(path, force), path)
         self._path = path
         self._force = force
         self._max = max_bytes

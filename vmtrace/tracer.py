@@ -88,9 +88,11 @@ class _Stop:
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.signum = 0
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         self.reason = "interrupted" if signum == signal.SIGINT else "terminated"
+        self.signum = signum
 
 
 class Tracer:
@@ -210,8 +212,23 @@ class Tracer:
     # -- main -------------------------------------------------------------------------
     def preflight(self) -> None:
         """Everything that can refuse to trace, before any file is created or probe loaded."""
+        self.opts.pids = self._processes_of(self.opts.pids)
         self._infos = [procfs.inspect_target(pid) for pid in self.opts.pids]
         self._sessions = self._prepare()
+
+    def _processes_of(self, pids: list[int]) -> list[int]:
+        """-p takes a process; given a thread's id it traces that thread's process (the
+        kernel side and /proc/PID/status are per process), and says so."""
+        out: list[int] = []
+        for pid in pids:
+            tgid = procfs.tgid_of(pid)
+            if tgid is not None and tgid != pid:
+                comm = procfs.read_comm(tgid) or "?"
+                self.log(f"{pid} is a thread of process {tgid} ({comm}): tracing process {tgid}")
+                pid = tgid
+            if pid not in out:
+                out.append(pid)
+        return out
 
     def run(self, started: float) -> int:
         opts = self.opts
@@ -220,48 +237,80 @@ class Tracer:
         if opts.command:
             self.child = HeldChild(opts.command, opts.run_as)
             released = False
-            infos = [procfs.inspect_target(self.child.pid)]
         stop = self._stop
         old_int = signal.signal(signal.SIGINT, stop)
         old_term = signal.signal(signal.SIGTERM, stop)
         reason = "error"
         session: BccSession | None = None
         try:
-            session = self.session = self._open_backend()
-            self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder())
-            for info in infos:
-                session.add_target(info.pid)
-            self._open_taskstats()
-            attach_seconds = time.monotonic() - started
-            self._announce(infos, attach_seconds)
-            if self.child is not None:
-                self.child.release()
-                released = True
-            reason = self._loop(stop)
-        finally:
-            # The handlers stay until everything is written and detached: a second Ctrl-C
-            # during shutdown must not cut the log short or leave probes behind.
             try:
-                if not released and self.child is not None:
-                    self.child.abandon()
-                if self.session is not None:
-                    self._finish(reason)
+                if self.child is not None:
+                    infos = [procfs.inspect_target(self.child.pid)]
+                session = self.session = self._open_backend()
+                self.enricher = Enricher(
+                    os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder()
+                )
+                for info in infos:
+                    session.add_target(info.pid)
+                self._open_taskstats()
+                attach_seconds = time.monotonic() - started
+                self._announce(infos, attach_seconds)
+                if self.child is not None and stop.reason is None:
+                    self.child.release()
+                    released = True
+                reason = stop.reason or self._loop(stop)
             finally:
+                # The handlers stay until everything is written and detached: a second
+                # Ctrl-C during shutdown must not cut the log short or leave probes behind.
                 try:
-                    if session is not None:
-                        session.close()
-                    for closable in (self._exits, self._taskstats):
-                        if closable is not None:
-                            closable.close()
+                    if not released and self.child is not None:
+                        self.child.abandon()
+                        if stop.reason:
+                            name = self.child.command[0]
+                            self.log(f"{stop.reason} before {name} started: it did not run")
+                    elif self.child is not None and self.child.poll() is None:
+                        self._note_untraced(reason)
+                    if self.session is not None:
+                        self._finish(reason)
                 finally:
-                    signal.signal(signal.SIGINT, old_int)
-                    signal.signal(signal.SIGTERM, old_term)
+                    try:
+                        if session is not None:
+                            session.close()
+                        for closable in (self._exits, self._taskstats):
+                            if closable is not None:
+                                closable.close()
+                    finally:
+                        signal.signal(signal.SIGINT, old_int)
+                        signal.signal(signal.SIGTERM, old_term)
+        finally:
+            # Whatever ended the trace (an error included), the command is not left behind
+            # unannounced: it has exited, or runs on untraced and vmtrace waits for it.
+            status = self._child_status(released)
         if self.output_error is not None:
             raise self.output_error
-        if self.child is not None:
-            rc = self.child.wait()
-            return rc if rc >= 0 else 128 - rc
-        return 0
+        if status is None:  # -p / --comm / --cgroup / -a
+            return 0
+        if not released and stop.signum:
+            return 128 + stop.signum  # the command never ran
+        return status if status >= 0 else 128 - status
+
+    def _note_untraced(self, reason: str) -> None:
+        assert self.child is not None
+        why = {"error": "vmtrace failed", "duration": "--duration elapsed"}.get(reason, reason)
+        self.log(
+            f"no longer tracing pid {self.child.pid} ({self.child.command[0]}): {why}; it runs "
+            "on untraced, and vmtrace exits with its status (Ctrl-C or SIGTERM is passed on)"
+        )
+
+    def _child_status(self, released: bool) -> int | None:
+        """The command's exit status (negative: killed by that signal), once it has exited;
+        None without a command."""
+        child = self.child
+        if child is None:
+            return None
+        if released and child.poll() is None:
+            return child.wait_forwarding((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+        return child.wait()
 
     def _open_taskstats(self) -> None:
         """Cross-checks and exit values from the kernel's taskstats; tracing goes on
@@ -386,6 +435,8 @@ class Tracer:
         next_sample = time.monotonic() + self.opts.interval
         while True:
             self._process(self.session.poll(POLL_MS))
+            if self.output_error is not None:
+                return "error"  # at once: the rest of a flood's records would take seconds
             self._drain_exits()
             self._check_lost()
             now = time.monotonic()
@@ -513,7 +564,7 @@ class Tracer:
         for _ in range(max_batches):
             batch = self.session.drain()
             self._process(batch)
-            if len(batch) < MAX_BATCH or self._stop.reason:
+            if len(batch) < MAX_BATCH or self._stop.reason or self.output_error is not None:
                 return
 
     def _check_lost(self) -> None:

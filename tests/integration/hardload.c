@@ -9,10 +9,11 @@
  *                          it, exits), join them; then one round of growing maps; report
  *   hardload churn           start and join threads (each maps and unmaps) until stdin has
  *                          a line, then map 256 MiB in a thread, join, report "churn-done"
- *   hardload flood THREADS MS [RATE]  THREADS threads each mmap+munmap 64 KiB in a loop for
- *                          MS ms, at most RATE iterations/s each (0 or absent: no limit);
- *                          report "flood" with the iteration count and VmPeak (MS 0: until
- *                          stdin is closed or has a line)
+ *   hardload flood THREADS MS [RATE [MIN]]  THREADS threads each mmap+munmap 64 KiB in a
+ *                          loop for MS ms (and on, until MIN iterations in all), at most
+ *                          RATE iterations/s each (0 or absent: no limit); report "flood"
+ *                          with the iteration count and VmPeak (MS 0: until stdin is
+ *                          closed or has a line)
  *   hardload hold            report, then wait for a line on stdin, exit
  */
 #define _GNU_SOURCE
@@ -93,6 +94,8 @@ static void run_threads(long rounds, long n, void *(*fn)(void *), long base_mib)
 static atomic_int flood_stop;
 static atomic_long flood_iters;
 static long flood_rate; /* iterations per second per thread; 0: as fast as possible */
+static long flood_min;  /* iterations in all before stopping, however slow the machine */
+static atomic_long flood_progress;
 
 static void pace(long done, unsigned long long t0)
 {
@@ -116,7 +119,8 @@ static void *flood_thread(void *arg)
 		if (p == MAP_FAILED)
 			exit(4);
 		munmap(p, 65536);
-		local++;
+		if (++local % 256 == 0)
+			atomic_fetch_add_explicit(&flood_progress, 256, memory_order_relaxed);
 	}
 	atomic_fetch_add(&flood_iters, local);
 	return NULL;
@@ -136,6 +140,8 @@ static void flood(long nthreads, long ms)
 		char c;
 		(void)!read(0, &c, 1); /* a line, or EOF */
 	}
+	while (atomic_load(&flood_progress) < flood_min)
+		usleep(10000);
 	atomic_store(&flood_stop, 1);
 	for (long i = 0; i < nthreads; i++)
 		pthread_join(tids[i], NULL);
@@ -192,6 +198,7 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(mode, "flood") == 0) {
 		flood_rate = n3;
+		flood_min = argc > a + 4 ? atol(argv[a + 4]) : 0;
 		flood(n1, n2);
 		return 0;
 	}

@@ -564,14 +564,16 @@ def test_unwritable_output_refused_before_tracing(
 
 
 def test_event_flood_is_counted_and_peak_exact(hardload: Path, tmp_path: Path) -> None:
-    """GIVEN 4 threads doing 64 KiB mmap+munmap as fast as they can for 1 s (hundreds of
-    thousands of total_vm changes) WHEN traced with `vmtrace run` THEN exit 0; `end` counts
-    the events and the lost records (lost may be > 0 but equals the sum of the `lost`
-    records' counts and the last `total`); every change is either an event or lost; the
-    final VmPeak in the summary is exactly the workload's own reading."""
+    """GIVEN 4 threads doing 64 KiB mmap+munmap as fast as they can for 1 s, and at least
+    50,000 times (hundreds of thousands of total_vm changes) WHEN traced with `vmtrace run`
+    THEN exit 0; `end` counts the events and the lost records (lost may be > 0 but equals
+    the sum of the `lost` records' counts and the last `total`); every change is either an
+    event or lost; the final VmPeak in the summary is exactly the workload's own reading."""
     log = tmp_path / "log.jsonl"
     vmt = start_vmtrace(
-        ["run", "-o", str(log), "--", str(hardload), "flood", "4", "1000"], tmp_path
+        # at least 1 s, and on until 50,000 iterations (100,000 changes) however slow the host
+        ["run", "-o", str(log), "--", str(hardload), "flood", "4", "1000", "0", "50000"],
+        tmp_path,
     )
     with cleanup(vmt):
         assert vmt.wait(RUN_TIMEOUT_S) == 0, tail(vmt.stderr())

@@ -383,3 +383,31 @@ def test_decode_args() -> None:
     assert decode_args("shmdt", (0x7000, 0, 0, 0, 0, 0)) == {"addr": "0x7000"}
     assert decode_args("execve", (0,) * 6) is None
     assert decode_args(None, (0,) * 6) is None
+
+
+def test_tgid_of_a_thread_is_its_process() -> None:
+    import threading
+
+    started = threading.Event()
+    done = threading.Event()
+    tids: list[int] = []
+
+    def body() -> None:
+        tids.append(threading.get_native_id())
+        started.set()
+        done.wait(10)
+
+    t = threading.Thread(target=body)
+    t.start()
+    try:
+        assert started.wait(10)
+        assert tids[0] != os.getpid()
+        assert procfs.tgid_of(tids[0]) == os.getpid()
+        assert procfs.tgid_of(os.getpid()) == os.getpid()
+    finally:
+        done.set()
+        t.join()
+
+
+def test_tgid_of_no_such_task(tmp_path: Path) -> None:
+    assert procfs.tgid_of(4242, proc=str(tmp_path)) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -297,12 +298,22 @@ cli.add_command(export_cmd)
 cli.add_command(plot_cmd)
 
 
+class _Interrupted(Exception):
+    """Ctrl-C before the tracer took SIGINT over (or after it let go)."""
+
+
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise _Interrupted
+
+
 def main() -> None:
+    # Not a KeyboardInterrupt: click would turn that into "Aborted!" and exit status 1.
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         cli(prog_name="vmtrace")
     except VmtraceError as e:
         click.echo(f"vmtrace: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         click.echo("vmtrace: interrupted", err=True)
         sys.exit(130)

@@ -13,9 +13,9 @@ from vmtrace.sinks import (
     DEFAULT_STACK_DEPTH,
     ConsoleSink,
     JsonlSink,
+    LogFile,
     RotatingJsonlSink,
     Sink,
-    open_log,
 )
 from vmtrace.tracer import TraceOptions, Tracer, default_log
 
@@ -84,7 +84,7 @@ def trace(
         if output and rotate:
             log_sink = RotatingJsonlSink(output, force, rotate)
         elif output:
-            log_sink = JsonlSink(open_log(output, force), output)
+            log_sink = JsonlSink(LogFile(output, force), output)
     except OutputError:
         if server is not None:
             server.close()
@@ -99,6 +99,10 @@ def trace(
         )
     try:
         return tracer.run(started)
+    except BaseException:
+        if log_sink is not None:
+            log_sink.abandon()  # no trace started: no log left behind (the error says why)
+        raise
     finally:
         # Done: a Ctrl-C now (Python resets SIGINT while it shuts down) must not turn a
         # complete trace into an exit by signal.
