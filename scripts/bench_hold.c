@@ -1,4 +1,4 @@
-/* Hold a command until released, for scripts/bench's realistic workload.
+/* Hold a command until released, for scripts/bench's storm, flood and realistic workloads.
  *
  *   bench_hold COMMAND [ARGS...]
  *
