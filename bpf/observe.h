@@ -67,11 +67,13 @@ static __always_inline void vmt_new_mm(struct target_state *st, u64 mm, s64 nr)
 	vmt_submit(e);
 }
 
-/* A change from `before` to `after`, completed by the current task in call `r`: judged
- * against the peak `peak_before`, sent to the ring it belongs to, and accounted for. */
+/* A change from `before` to `after`, completed by the current task in call `call` (NULL:
+ * the task's registers say, read only if the change is sent): judged against the peak
+ * `peak_before`, sent to the ring it belongs to, and accounted for. */
 static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct mm_snap *before,
-				       struct mm_snap *after, u64 peak_before, struct vmt_regs *r,
-				       s64 ret, int has_ret, struct vmt_area *area)
+				       struct mm_snap *after, u64 peak_before,
+				       struct vmt_regs *call, s64 ret, int has_ret,
+				       struct vmt_area *area)
 {
 	struct vmt_config *cfg = vmt_config();
 	u64 min_delta = cfg ? cfg->min_delta_pages : 0;
@@ -93,13 +95,19 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	}
 	vmt_accept(st, mm, after, 0);
 	st->peak = vmt_max(peak_before, vmt_max(after->total_vm, after->hiwater_vm));
+	if (!vital && min_delta) {
+		count(VMT_CNT_FILTERED);
+		return;  /* nothing else is read for a change kept back */
+	}
 	st->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
 	st->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
 	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
 	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
-	if (!vital && min_delta) {
-		count(VMT_CNT_FILTERED);
-		return;
+	struct vmt_regs regs = {};
+	struct vmt_regs *r = call;
+	if (!r) {
+		vmt_read_regs(vmt_user_regs(), &regs);
+		r = &regs;
 	}
 	u64 file = 0;
 	if (r->nr == NR_MMAP && !(r->args[3] & VMT_MAP_ANONYMOUS))

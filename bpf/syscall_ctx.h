@@ -85,9 +85,7 @@ static __always_inline void vmt_observe(u64 mm)
 		.hiwater_vm = st->hiwater_vm,
 		.stack_vm = st->stack_vm,
 	};
-	struct vmt_regs r = {};
-	vmt_read_regs(vmt_user_regs(), &r);
-	vmt_commit(st, mm, &before, &now, st->peak, &r, 0, 0, 0);
+	vmt_commit(st, mm, &before, &now, st->peak, 0, 0, 0, 0);
 }
 
 static __always_inline int vmt_call_return(s64 ret)

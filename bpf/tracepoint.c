@@ -97,8 +97,6 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 		.hiwater_vm = st->hiwater_vm,
 		.stack_vm = st->stack_vm,
 	};
-	struct vmt_regs r = {};
-	vmt_read_regs(vmt_user_regs(), &r);
-	vmt_commit(st, mm, &before, &now, st->peak, &r, 0, 0, &hold.area);
+	vmt_commit(st, mm, &before, &now, st->peak, 0, 0, 0, &hold.area);
 	return 0;
 }
