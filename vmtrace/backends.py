@@ -7,6 +7,7 @@ Reads only files (tracefs, /proc/kallsyms, BTF); loading programs is the session
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -155,6 +156,18 @@ def candidates(requested: str, survey: KernelSurvey) -> list[Candidate]:
 FAILURE_CACHE = "/run/vmtrace/load-failures.json"
 
 
+def _sources_digest() -> str:
+    """A digest of the BPF sources: a failure to load remembered for one version of them
+    says nothing about another (a checkout updated, a fix being tried)."""
+    from vmtrace.session import BPF_DIR
+
+    h = hashlib.sha256()
+    for path in sorted(BPF_DIR.glob("*.[ch]")):
+        with contextlib.suppress(OSError):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _boot_key(backend: str, plan: ProbePlan | None) -> str:
     from vmtrace import __version__
 
@@ -164,7 +177,7 @@ def _boot_key(backend: str, plan: ProbePlan | None) -> str:
     except OSError:
         boot = "unknown-boot"
     sites = plan.describe() if plan else ""
-    return f"{boot}|{__version__}|{backend}|{sites}"
+    return f"{boot}|{__version__}|{_sources_digest()}|{backend}|{sites}"
 
 
 def _read_cache(path: str) -> dict[str, str]:
