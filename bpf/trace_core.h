@@ -75,8 +75,11 @@ static __always_inline struct target_state *target_of(u32 tgid)
 	if (vmt_current_mm() == 0)
 		return 0;  /* kernel threads have no address space to explain */
 	int covered = cfg->all;
+#ifdef VMT_CGROUP_FILTER
+	/* Compiled only for --cgroup: older kernels (5.10) refuse this helper in tracing programs. */
 	if (!covered && cfg->cgroup_id)
 		covered = bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level) == cfg->cgroup_id;
+#endif
 	if (!covered && cfg->comm_filter) {
 		struct vmt_comm_key key = {};
 		bpf_get_current_comm(&key.comm, sizeof(key.comm));

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -25,6 +26,19 @@ from vmtrace.kernel.tracefs import missing_tracepoints
 from vmtrace.session import BACKENDS, OPTIONAL_TRACEPOINTS, SYSCALL_TRACEPOINTS, TRACEPOINTS
 
 CHOICES = ("auto", *BACKENDS)
+
+# The tracepoint backend reads mm->total_vm and hiwater_vm in mmap_lock_released, trusting that
+# the writer still holds the lock there. The tracepoint (5.11+) fired after up_write/up_read
+# until mmap_lock.h was changed to trace before releasing (commit 10994316089c, in 5.15): on
+# older kernels another thread may already have changed the counters when it fires. Gated on
+# the version, since the tracepoint exists in both orders.
+TRACEPOINT_MIN_KERNEL = (5, 15)
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    """(major, minor) of a `uname -r` string ("5.10.0-46-amd64" -> (5, 10)); None if unparsable."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class KernelSurvey:
     tracefs: str
     btf_path: str = "/sys/kernel/btf/vmlinux"
     kallsyms_path: str = "/proc/kallsyms"
+    release: str = field(default_factory=lambda: os.uname().release)
     _btf: Btf | None = field(default=None, repr=False)
 
     @cached_property
@@ -87,10 +102,19 @@ class KernelSurvey:
         if missing_syscalls:
             return Candidate(name, reason=f"missing tracepoints {', '.join(missing_syscalls)}")
         if name == "tracepoint":
+            version = kernel_version(self.release)
+            if version is not None and version < TRACEPOINT_MIN_KERNEL:
+                need = ".".join(map(str, TRACEPOINT_MIN_KERNEL))
+                return Candidate(
+                    name,
+                    reason=f"needs Linux {need}+ (this is {self.release}): before {need}, "
+                    "mmap_lock_released fires after the lock is dropped, when another thread "
+                    "may already have changed the counters (fix: --backend kprobe or fentry)",
+                )
             if self.missing_tracepoints:
                 return Candidate(
                     name,
-                    reason=f"missing tracepoint {', '.join(self.missing_tracepoints)} (5.15+)",
+                    reason=f"missing tracepoint {', '.join(self.missing_tracepoints)}",
                 )
             return Candidate(name)
         if name == "kprobe":

@@ -167,6 +167,10 @@ class BccSession:
             cflags.append("-DVMT_TRACE_RSS=1")
         if self._have_exit_mmap:
             cflags.append("-DVMT_HAVE_EXIT_MMAP=1")
+        if self.config.cgroup_id:
+            # Older kernels (5.10) refuse bpf_get_current_ancestor_cgroup_id in tracing
+            # programs: without --cgroup the call is left out, so they load the backends.
+            cflags.append("-DVMT_CGROUP_FILTER=1")
         if self.backend == "fentry" and self.plan is not None:
             # Names come from probesites' fixed tables, checked against BTF: identifiers only.
             for i, name in enumerate(self.plan.after_write[:MAX_FENTRY_WRITERS]):
