@@ -117,3 +117,23 @@ def test_every_cgroup_helper_call_is_inside_the_cgroup_ifdef() -> None:
                 calls += 1
                 assert any(stack), f"{path.name}:{n} calls the helper outside the cgroup #ifdef"
     assert calls >= 1, "the --cgroup filter no longer calls the helper: update this test"
+
+
+def test_a_helper_the_verifier_refuses_is_the_reason_given() -> None:
+    """The tail of bcc's output when the 5.10 verifier refuses a helper: the reason is the
+    helper, not bcc's generic last line."""
+    from vmtrace.session import _last_error_line
+
+    log = (
+        "bpf: Failed to load program: Invalid argument\n"
+        "0: (bf) r6 = r1\n"
+        "; covered = bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level) == cfg->cgroup_id;\n"
+        "27: (85) call bpf_get_current_ancestor_cgroup_id#123\n"
+        "unknown func bpf_get_current_ancestor_cgroup_id#123\n"
+        "processed 27 insns (limit 1000000) max_states_per_insn 0 total_states 2\n"
+    )
+    reason = _last_error_line(log)
+    assert "refuses helper bpf_get_current_ancestor_cgroup_id (#123)" in reason
+    assert _last_error_line("clang: error: no such file\nsomething else\n") == (
+        "clang: error: no such file"
+    )
