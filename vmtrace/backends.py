@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -30,15 +31,20 @@ from vmtrace.session import BACKENDS, LIFECYCLE_TRACEPOINTS, LOCK_TRACEPOINTS
 TASK_PT_REGS_SINCE = (5, 15)
 
 
-def kernel_version(release: str) -> tuple[int, int]:
-    """(major, minor) of a kernel release string such as 6.1.0-56-amd64."""
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1].split("-")[0] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
-
 CHOICES = ("auto", *BACKENDS)
+
+# The tracepoint backend reads mm->total_vm and hiwater_vm in mmap_lock_released, trusting that
+# the writer still holds the lock there. The tracepoint (5.11+) fired after up_write/up_read
+# until mmap_lock.h was changed to trace before releasing (commit 10994316089c, in 5.15): on
+# older kernels another thread may already have changed the counters when it fires. Gated on
+# the version, since the tracepoint exists in both orders.
+TRACEPOINT_MIN_KERNEL = (5, 15)
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    """(major, minor) of a `uname -r` string ("5.10.0-46-amd64" -> (5, 10)); None if unparsable."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,8 @@ class KernelSurvey:
     tracefs: str
     btf_path: str = "/sys/kernel/btf/vmlinux"
     kallsyms_path: str = "/proc/kallsyms"
-    _btf: Btf | None = field(default=None, repr=False)
-
     release: str = field(default_factory=lambda: os.uname().release)
+    _btf: Btf | None = field(default=None, repr=False)
 
     @cached_property
     def missing_tracepoints(self) -> list[str]:
@@ -81,7 +86,8 @@ class KernelSurvey:
 
     @property
     def have_task_pt_regs(self) -> bool:
-        return kernel_version(self.release) >= TASK_PT_REGS_SINCE
+        version = kernel_version(self.release)
+        return version is not None and version >= TASK_PT_REGS_SINCE
 
     @cached_property
     def kprobes(self) -> bool:
@@ -115,6 +121,15 @@ class KernelSurvey:
         if missing_lifecycle:
             return Candidate(name, reason=f"missing tracepoints {', '.join(missing_lifecycle)}")
         if name == "tracepoint":
+            version = kernel_version(self.release)
+            if version is not None and version < TRACEPOINT_MIN_KERNEL:
+                need = ".".join(map(str, TRACEPOINT_MIN_KERNEL))
+                return Candidate(
+                    name,
+                    reason=f"needs Linux {need}+ (this is {self.release}): before {need}, "
+                    "mmap_lock_released fires after the lock is dropped, when another thread "
+                    "may already have changed the counters (fix: --backend kprobe or fentry)",
+                )
             missing_lock = [t for t in self.missing_tracepoints if t in LOCK_TRACEPOINTS]
             if missing_lock:
                 return Candidate(

@@ -128,6 +128,12 @@ def _captured_stderr() -> Iterator[list[str]]:
 
 
 def _last_error_line(text: str) -> str:
+    # The verifier names a helper this kernel does not allow in the program type; that is the
+    # reason, whatever bcc's last line says.
+    refused = re.findall(r"unknown func (\w+)#(\d+)", text)
+    if refused:
+        name, number = refused[-1]
+        return f"this kernel's verifier refuses helper {name} (#{number}) in these programs"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if "error" in ln.lower() or "failed" in ln.lower() or "permission" in ln.lower():
@@ -240,6 +246,8 @@ class BccSession:
             gist = _last_error_line(self.diagnostics)
             if gist and gist not in detail:
                 detail = f"{gist} ({detail})"
+            if self.config.cgroup_id and "bpf_get_current_ancestor_cgroup_id" in gist:
+                detail += " (fix: this kernel cannot filter by cgroup: use --comm or -p)"
             self.close()
             raise ProbeError(f"failed to load the {self.backend} backend: {detail}") from None
         self._bpf["vital"].open_ring_buffer(self._on_record)

@@ -1,8 +1,9 @@
 """Backend choice on the running kernel, checked against what `vmtrace doctor` found.
 
 On this project's 6.18 machine (no kprobes, fentry refused) auto must pick tracepoint and an
-explicit --backend kprobe must fail with one line; on a kernel with kprobes (the 6.1 VM of
-scripts/kernel-vm) the same tests check the other direction.
+explicit --backend kprobe must fail with one line; on a kernel with kprobes (the VMs of
+scripts/kernel-vm: 5.10, where tracepoint is refused, and 6.1) the same tests check the other
+direction.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def test_unusable_backends_fail_with_one_line(doctor: dict[str, object]) -> None
 
 
 def test_expected_backends_load_here(doctor: dict[str, object]) -> None:
-    """scripts/test-vm names the backends the 6.1 VM must load (VMTRACE_EXPECT_BACKENDS), so
+    """scripts/test-vm names the backends each VM kernel must load (VMTRACE_EXPECT_BACKENDS), so
     a backend that silently stopped loading there fails CI instead of being skipped."""
     expected = os.environ.get("VMTRACE_EXPECT_BACKENDS", "").split()
     working = doctor["working"]

@@ -216,7 +216,9 @@ def test_struct_sizes_match_bpftool(raw_types: dict[int, RawType]) -> None:
 def test_read_offsets_is_fast() -> None:
     _require_x86_64()
     require(os.path.exists(DEFAULT_PATH), f"no {DEFAULT_PATH} (kernel without BTF)")
+    # Under scripts/kernel-vm the CPU is emulated (TCG, ~30x slower than the host).
+    limit = 5.0 if os.environ.get("VMTRACE_KERNEL_VM") == "1" else 1.0
     start = time.perf_counter()
     read_offsets()
     elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"read_offsets took {elapsed:.3f} s"
+    assert elapsed < limit, f"read_offsets took {elapsed:.3f} s"

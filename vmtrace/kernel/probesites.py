@@ -26,7 +26,8 @@ suffixed name (`.isra.0`, `.constprop.0`, `.part.0`): every name is checked agai
 /proc/kallsyms and tracefs (kprobes) or BTF (fentry), never assumed. BPF trampolines take
 at most 6 arguments before 6.6 (error 524 on 6.1 for the 7-argument do_mas_align_munmap),
 so fentry skips longer functions. Pure functions of the symbol lists, so they test on
-recorded copies (tests/fixtures/kernels/).
+recorded copies (tests/fixtures/kernels/: Debian's 5.10, where remove_vma_list is inlined
+and __do_munmap is the probed entry, 6.1 and 6.12, and a 6.18 build).
 """
 
 from __future__ import annotations
