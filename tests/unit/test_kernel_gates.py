@@ -16,7 +16,9 @@ from vmtrace.abi import TraceConfig
 from vmtrace.backends import TRACEPOINT_MIN_KERNEL, KernelSurvey, kernel_version
 from vmtrace.kernel.offsets import KernelOffsets
 from vmtrace.kernel.probesites import ProbePlan
-from vmtrace.session import TRACEPOINTS, BccSession
+from vmtrace.session import LIFECYCLE_TRACEPOINTS, LOCK_TRACEPOINTS, BccSession
+
+TRACEPOINTS = LIFECYCLE_TRACEPOINTS + LOCK_TRACEPOINTS
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 OFFSETS = KernelOffsets(
@@ -69,18 +71,22 @@ def test_tracepoint_backend_allowed_from_5_15(tmp_path: Path, release: str) -> N
 
 def test_tracepoint_backend_on_5_10_names_the_version(tmp_path: Path) -> None:
     """5.10 has no mmap_lock tracepoints at all; the version is the reason given first."""
-    syscalls = tuple(t for t in TRACEPOINTS if t.startswith("syscalls:"))
-    survey = KernelSurvey(tracefs_with(tmp_path, syscalls), release="5.10.0-46-amd64")
-    assert survey.missing_tracepoints == ["mmap_lock:mmap_lock_released"]
+    no_lock = ("mmap:vm_unmapped_area", *LIFECYCLE_TRACEPOINTS)
+    survey = KernelSurvey(tracefs_with(tmp_path, no_lock), release="5.10.0-46-amd64")
+    assert survey.missing_tracepoints == [
+        "mmap_lock:mmap_lock_acquire_returned",
+        "mmap_lock:mmap_lock_released",
+    ]
     reason = survey.candidate("tracepoint").reason
     assert reason is not None and "needs Linux 5.15+" in reason
+    assert survey.candidate("kprobe").reason != reason  # the other backends are not refused
 
 
 def test_missing_tracepoint_on_a_new_kernel_is_named(tmp_path: Path) -> None:
-    syscalls = tuple(t for t in TRACEPOINTS if t.startswith("syscalls:"))
-    survey = KernelSurvey(tracefs_with(tmp_path, syscalls), release="6.1.0-57-amd64")
+    without = tuple(t for t in TRACEPOINTS if t != "mmap_lock:mmap_lock_released")
+    survey = KernelSurvey(tracefs_with(tmp_path, without), release="6.1.0-57-amd64")
     reason = survey.candidate("tracepoint").reason
-    assert reason == "missing tracepoint mmap_lock:mmap_lock_released"
+    assert reason == "missing tracepoint mmap_lock:mmap_lock_released (5.15+)"
 
 
 @pytest.mark.parametrize("backend", ["tracepoint", "kprobe", "fentry"])
