@@ -23,7 +23,7 @@ from vmtrace.kernel.probesites import (
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kernels"
 K510 = FIXTURES / "5.10.0-46-amd64"
-K61 = FIXTURES / "6.1.0-56-amd64"
+K61 = FIXTURES / "6.1.0-57-amd64"
 K612 = FIXTURES / "6.12.118+deb13-amd64"
 K618 = FIXTURES / "6.18.44-fc-v669"
 
@@ -39,7 +39,7 @@ def traceable(kernel: Path) -> set[str] | None:
 
 def test_fixtures_are_the_recorded_kernels() -> None:
     assert "uname_r: 5.10.0-46-amd64" in (K510 / "features.txt").read_text()
-    assert "6.1.0-56-amd64" in (K61 / "features.txt").read_text()
+    assert "6.1.0-57-amd64" in (K61 / "features.txt").read_text()
     assert "uname_r: 6.12.118+deb13-amd64" in (K612 / "features.txt").read_text()
     assert "6.18.44" in (K618 / "features.txt").read_text()
 
