@@ -182,7 +182,10 @@ class BccSession:
         self.config = config or TraceConfig()
         self._max_targets = max_targets
         self._bpf: Any = None
-        self._batch: list[KernelEvent] = []
+        self._changes: list[KernelEvent] = []  # from the `events` ring, at most MAX_BATCH
+        self._vital: list[KernelEvent] = []
+        self._held: list[KernelEvent] = []  # vital records newer than the changes read so far
+        self.more = False  # the last drain left records in the `events` ring
         self.decode_errors = 0
         self.close_errors = 0
         self.diagnostics = ""
@@ -250,8 +253,8 @@ class BccSession:
                 detail += " (fix: this kernel cannot filter by cgroup: use --comm or -p)"
             self.close()
             raise ProbeError(f"failed to load the {self.backend} backend: {detail}") from None
-        self._bpf["vital"].open_ring_buffer(self._on_record)
-        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._bpf["vital"].open_ring_buffer(self._on_vital)
+        self._bpf["events"].open_ring_buffer(self._on_change)
 
     def _configure(self) -> None:
         """Filters go into maps before anything fires; never into the C text."""
@@ -271,16 +274,23 @@ class BccSession:
             self._bpf.attach_kprobe(event=sym, fn_name="vmt_call_entry")
             self._bpf.attach_kretprobe(event=sym, fn_name="vmt_call_exit")
 
-    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
+    def _decode(self, data: Any, size: int, into: list[KernelEvent]) -> None:
         try:
-            self._batch.append(decode_event(ctypes.string_at(data, size)))
+            into.append(decode_event(ctypes.string_at(data, size)))
         except DecodeError:
             self.decode_errors += 1
+
+    def _on_vital(self, _ctx: Any, data: Any, size: int) -> int:
+        self._decode(data, size, self._vital)
+        return 0
+
+    def _on_change(self, _ctx: Any, data: Any, size: int) -> int:
+        self._decode(data, size, self._changes)
         # libbpf consumes for as long as records keep coming: under a flood faster than this
         # reader, one poll would never return (memory growing, Ctrl-C unheard). A negative
         # return ends the poll after this record (which is consumed, and kept here); the
         # kernel then drops, and counts, what does not fit the ring.
-        return -1 if len(self._batch) >= MAX_BATCH else 0
+        return -1 if len(self._changes) >= MAX_BATCH else 0
 
     def add_target(self, pid: int) -> None:
         table = self._bpf["targets"]
@@ -314,10 +324,20 @@ class BccSession:
         return self.drain()
 
     def drain(self) -> list[KernelEvent]:
+        """The records available, in time order; `more` says the `events` ring was left
+        with records (the batch is bounded), which are then older than some of the vital
+        records read: those wait for the next drain, so that a process's exit never comes
+        before changes it made."""
         self._bpf.ring_buffer_consume()
-        batch, self._batch = self._batch, []
-        # the two rings are read one after the other: in time order again (stable, and
-        # bpf_ktime_get_ns is one clock for every CPU)
+        changes, self._changes = self._changes, []
+        vital, self._vital, self._held = self._held + self._vital, [], []
+        self.more = len(changes) >= MAX_BATCH
+        if self.more:
+            cutoff = max(ev.ts_ns for ev in changes)
+            self._held = [ev for ev in vital if ev.ts_ns > cutoff]
+            vital = [ev for ev in vital if ev.ts_ns <= cutoff]
+        # bpf_ktime_get_ns is one clock for every CPU; the sort is stable
+        batch = changes + vital
         batch.sort(key=_ts)
         return batch
 

@@ -37,7 +37,7 @@ from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
 from vmtrace.records import Explained, Mapping, ProcStatus
-from vmtrace.session import MAX_BATCH, BccSession
+from vmtrace.session import BccSession
 from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
 from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
@@ -564,7 +564,7 @@ class Tracer:
         for _ in range(max_batches):
             batch = self.session.drain()
             self._process(batch)
-            if len(batch) < MAX_BATCH or self._stop.reason or self.output_error is not None:
+            if not self.session.more or self._stop.reason or self.output_error is not None:
                 return
 
     def _check_lost(self) -> None:
@@ -667,7 +667,7 @@ class Tracer:
             while True:
                 batch = self.session.drain()
                 self._process(batch)
-                if len(batch) < MAX_BATCH:
+                if not self.session.more:
                     break
             self._check_lost()
         except VmtraceError as e:

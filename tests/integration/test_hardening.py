@@ -43,7 +43,10 @@ pytestmark = pytest.mark.bpf
 
 HARDLOAD_SRC = Path(__file__).resolve().parent / "hardload.c"
 # vmtrace's BPF programs as bcc names them (after the C functions in bpf/*.c).
-PROG_NAME = re.compile(r"^(tracepoint__|raw_tracepoint__|kprobe__|kretprobe__|kfunc__|kretfunc__)")
+# bcc's program names (the OOM probe's shows as its event's name)
+PROG_NAME = re.compile(
+    r"^(tracepoint__|raw_tracepoint__|kprobe__|kretprobe__|kfunc__|kretfunc__|vmt_|mark_victim$)"
+)
 # How long vmtrace may take to notice an exit and finish (it polls every 100 ms).
 EXIT_TIMEOUT_S = 60.0
 
