@@ -436,8 +436,7 @@ class ConsoleSink:
                     f"      +{human_kb(rise)} to {human_kb(r['vm_peak_kb'])}  "
                     f"{describe_call(r)}{describe_mapping(r)}  tid {r['tid']}"
                 )
-                frames = r.get("stack") or []
-                lines += [f"          #{i} {frame}" for i, frame in enumerate(frames[:3])]
+                lines += [f"          {line}" for line in describe_stack(r, 3)]
         if rec["largest_mappings"]:
             lines.append("    its largest mappings:")
             lines += [

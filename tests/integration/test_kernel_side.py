@@ -197,7 +197,9 @@ def test_oom_kill_is_explained(kernelload: Path, memory_cgroup: Path, tmp_path: 
     (exit_rec,) = of(records, "exit", pid)
     assert records.index(oom) < records.index(exit_rec)
     assert exit_rec["ended"] == {"how": "oom-kill", "signal": 9, "name": "SIGKILL"}, exit_rec
-    assert "OOM" in vmt.stdout() and "killed by SIGKILL (OOM killer)" in vmt.stdout()
+    out = vmt.stdout()
+    assert "OOM" in out and "killed by SIGKILL (OOM killer)" in out
+    assert "map_touched+0x" in out, "the rises' stacks are shown as frames"
     # `vmtrace report` opens with it
     report = subprocess.run(
         vmtrace_cmd("report", str(log)), capture_output=True, text=True, env=vmtrace_env()
