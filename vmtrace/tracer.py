@@ -268,7 +268,11 @@ class Tracer:
                         if stop.reason:
                             name = self.child.command[0]
                             self.log(f"{stop.reason} before {name} started: it did not run")
-                    elif self.child is not None and self.child.poll() is None:
+                    elif (
+                        self.child is not None
+                        and reason != "targets-exited"  # exiting, not yet reaped
+                        and self.child.poll() is None
+                    ):
                         self._note_untraced(reason)
                     if self.session is not None:
                         self._finish(reason)
