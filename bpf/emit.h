@@ -26,7 +26,7 @@ static __always_inline u64 vmt_file_of_fd(s64 fd)
 }
 
 /* The path of `file` as its dentries name it, innermost component first, crossing mount
- * points up to the root of the mount tree (what d_path would print, without a lock). */
+ * points up to the task's root (what d_path would print, without a lock). */
 static __always_inline void vmt_fill_file(struct vmt_file *f, u64 file)
 {
 	f->ino = 0;
@@ -42,9 +42,16 @@ static __always_inline void vmt_fill_file(struct vmt_file *f, u64 file)
 	u64 dentry = vmt_read_u64(file + VMT_OFF_FILE_DENTRY);
 	u64 vfsmnt = vmt_read_u64(file + VMT_OFF_FILE_MNT);
 	u64 mnt = vfsmnt - VMT_OFF_MOUNT_MNT;  /* struct mount embeds the vfsmount */
+	/* The path as the task sees it: up to its root (a chroot, a container's), as d_path
+	 * does, not up to the root of every mount. */
+	u64 fs = vmt_read_u64(bpf_get_current_task() + VMT_OFF_TASK_FS);
+	u64 root_dentry = vmt_read_u64(fs + VMT_OFF_FS_ROOT_DENTRY);
+	u64 root_mnt = vmt_read_u64(fs + VMT_OFF_FS_ROOT_MNT);
 	/* The count lives in the record, not in a register: the verifier then sees one state
 	 * per iteration instead of one per path through the walk. */
-	for (int i = 0; i < VMT_PATH_DEPTH + 8; i++) {
+	for (int i = 0; i < VMT_PATH_DEPTH + 4; i++) {
+		if (dentry == root_dentry && vfsmnt == root_mnt)
+			break;
 		if (dentry == vmt_read_u64(vfsmnt + VMT_OFF_VFSMOUNT_ROOT)) {
 			u64 up = vmt_read_u64(mnt + VMT_OFF_MOUNT_PARENT);
 			if (up == mnt || up == 0)

@@ -323,13 +323,14 @@ def _kernel_btf(path: Path) -> None:
         2048,
         [("stack", ptr, 256), ("mm", ptr, 9088), ("pid", pid_t, 10112), ("tgid", pid_t, 10144),
          ("comm", ulong, 1500 * 8), ("exit_code", pid_t, 1200 * 8),
-         ("files", ptr, 1824 * 8), ("signal", ptr, 1848 * 8)],
+         ("files", ptr, 1824 * 8), ("signal", ptr, 1848 * 8), ("fs", ptr, 1816 * 8)],
     )  # fmt: skip
     b.add_composite(t.STRUCT, "linux_binprm", 256, [("filename", ptr, 96 * 8)])
     b.add_composite(t.STRUCT, "signal_struct", 64, [("sigcnt", pid_t, 0), ("live", pid_t, 32)])
     b.add_composite(t.STRUCT, "files_struct", 64, [("count", pid_t, 0), ("fdt", ptr, 256)])
     b.add_composite(t.STRUCT, "fdtable", 64, [("max_fds", pid_t, 0), ("fd", ptr, 64)])
     path_t = b.add_composite(t.STRUCT, "path", 16, [("mnt", ptr, 0), ("dentry", ptr, 64)])
+    b.add_composite(t.STRUCT, "fs_struct", 64, [("users", pid_t, 0), ("root", path_t, 24 * 8)])
     b.add_composite(t.STRUCT, "file", 256, [("f_inode", ptr, 256), ("f_path", path_t, 512)])
     qstr = b.add_composite(t.STRUCT, "qstr", 16, [("hash_len", ulong, 0), ("name", ptr, 64)])
     b.add_composite(t.STRUCT, "dentry", 256, [("d_parent", ptr, 192), ("d_name", qstr, 256)])
@@ -371,7 +372,7 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
         pt_regs_si=104, pt_regs_dx=96, pt_regs_r10=56, pt_regs_r8=72, pt_regs_r9=64,
         pt_regs_sp=152, pt_regs_ip=128, pt_regs_bp=32, mm_brk=464,
         binprm_filename=96,
-        task_files=1824, task_signal=1848, signal_live=4, files_fdt=32, fdtable_fd=8,
+        task_files=1824, task_signal=1848, task_fs=1816, fs_root_dentry=32, fs_root_mnt=24, signal_live=4, files_fdt=32, fdtable_fd=8,
         fdtable_max_fds=0, file_dentry=72, file_mnt=64, file_inode=32, dentry_name=40,
         dentry_parent=24, inode_ino=64, inode_sb=40, sb_dev=16, mount_mnt=32, mount_parent=16,
         mount_mountpoint=24, vfsmount_root=0, thread_size=16384, stack_top_padding=0,

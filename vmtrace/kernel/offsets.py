@@ -49,6 +49,9 @@ _MEMBERS: dict[str, tuple[str, str]] = {
     # the file an mmap maps, named by the kernel at the change: fd -> file -> dentry walk
     "task_files": ("task_struct", "files"),
     "task_signal": ("task_struct", "signal"),
+    "task_fs": ("task_struct", "fs"),
+    "fs_root_dentry": ("fs_struct", "root.dentry"),
+    "fs_root_mnt": ("fs_struct", "root.mnt"),
     "signal_live": ("signal_struct", "live"),
     "files_fdt": ("files_struct", "fdt"),
     "fdtable_fd": ("fdtable", "fd"),
@@ -100,6 +103,9 @@ class KernelOffsets:
     binprm_filename: int
     task_files: int
     task_signal: int
+    task_fs: int
+    fs_root_dentry: int
+    fs_root_mnt: int
     signal_live: int
     files_fdt: int
     fdtable_fd: int
