@@ -9,6 +9,10 @@
 #include "observe.h"
 
 #ifdef VMT_TRACE_RSS
+/* VmHWM went down (clear_refs): where user space says HWM records start again. A map of
+ * its own, so that user space never writes a traced process's state back stale. */
+BPF_HASH(hwm_resets, u32, u64, 1024);
+
 RAW_TRACEPOINT_PROBE(rss_stat)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -22,6 +26,11 @@ RAW_TRACEPOINT_PROBE(rss_stat)
 	struct vmt_config *cfg = vmt_config();
 	if (!cfg || cfg->hwm_step_pages == 0)
 		return 0;
+	u64 *reset = hwm_resets.lookup(&tgid);
+	if (reset) {
+		st->hwm_sent = *reset;
+		hwm_resets.delete(&tgid);
+	}
 	u64 rss = vmt_read_rss(mm);
 	u64 hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 	u64 hwm = vmt_max(rss, hiwater_rss);

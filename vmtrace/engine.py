@@ -41,6 +41,7 @@ class _Process:
     hwm_set_by: Explained | None = None
     mm_id: int = 0  # the image being followed (0: not known yet)
     lost: int = 0  # the kernel side's count of this process's dropped records
+    hwm_reset_ns: int = 0  # VmHWM was reset then: records made before say nothing of it
 
 
 class PeakEngine:
@@ -76,7 +77,7 @@ class PeakEngine:
             return Explained("fork", change, p.vm_peak_kb, p.vm_peak_kb)
         if kind == "hwm":
             explained = Explained("hwm", change, p.vm_peak_kb, p.vm_peak_kb)
-            if change.hwm_kb >= p.vm_hwm_kb:
+            if change.hwm_kb >= p.vm_hwm_kb and change.ts_ns >= p.hwm_reset_ns:
                 p.vm_hwm_kb = change.hwm_kb
                 p.hwm_set_by = explained
             return explained
@@ -105,7 +106,8 @@ class PeakEngine:
         elif change.mm_id and p.mm_id and change.mm_id != p.mm_id:
             # read after the exec that replaced its image: it says nothing of this one
             return Explained(_classify(change, before, after), change, before, after)
-        p.vm_hwm_kb = max(p.vm_hwm_kb, change.hwm_kb)
+        if change.ts_ns >= p.hwm_reset_ns:
+            p.vm_hwm_kb = max(p.vm_hwm_kb, change.hwm_kb)
         is_highest = after >= p.vm_peak_kb
         p.vm_peak_kb = max(p.vm_peak_kb, after)
         rtype = _classify(change, before, after)
@@ -124,12 +126,14 @@ class PeakEngine:
         p = self._procs.get(pid)
         return p.vm_hwm_kb if p else None
 
-    def reset_hwm(self, pid: int, vm_hwm_kb: int) -> None:
-        """VmHWM was reset (clear_refs) or fell: later HWM records count from here."""
+    def reset_hwm(self, pid: int, vm_hwm_kb: int, ts_ns: int = 0) -> None:
+        """VmHWM was reset (clear_refs) or fell, as read at ts_ns: later HWM records count
+        from here, and records made before it (read late) do not raise it again."""
         p = self._procs.get(pid)
         if p is not None:
             p.vm_hwm_kb = vm_hwm_kb
             p.hwm_set_by = None
+            p.hwm_reset_ns = max(p.hwm_reset_ns, ts_ns)
 
     def note_kernel_peak(self, pid: int, vm_peak_kb: int) -> None:
         """With --min-delta the kernel keeps small peaks to itself; its per-mm peak (read

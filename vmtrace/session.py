@@ -304,15 +304,9 @@ class BccSession:
 
     def reset_hwm(self, pid: int, hwm_pages: int) -> None:
         """VmHWM went down (clear_refs, or reclaim before any latch): HWM records restart
-        from the new value."""
-        table = self._bpf["targets"]
-        key = ctypes.c_uint32(pid)
-        try:
-            st = table[key]
-        except KeyError:
-            return
-        st.hwm_sent = hwm_pages
-        table[key] = st
+        from the new value (the kernel side takes it at its next RSS change)."""
+        if self.config.hwm_step_pages:
+            self._bpf["hwm_resets"][ctypes.c_uint32(pid)] = ctypes.c_uint64(hwm_pages)
 
     def remove_target(self, pid: int) -> None:
         with contextlib.suppress(KeyError):

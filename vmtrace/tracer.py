@@ -535,7 +535,7 @@ class Tracer:
         before = self.engine.vm_hwm_kb(pid)
         if before is None or status.vm_hwm_kb >= before - max(1024, self.opts.hwm_step // 1024):
             return
-        self.engine.reset_hwm(pid, status.vm_hwm_kb)
+        self.engine.reset_hwm(pid, status.vm_hwm_kb, ts)
         self.session.reset_hwm(pid, status.vm_hwm_kb * 1024 // os.sysconf("SC_PAGE_SIZE"))
         self._emit(schema.hwm_reset_record(self.clock, ts, pid, target.info.comm, before, status))
 
