@@ -9,9 +9,10 @@
 /* One level of indirection so the -D names are expanded before bcc's macros paste them. */
 #define VMT_AFTER(fn) KRETFUNC_PROBE(fn) { vmt_observe(vmt_current_mm()); return 0; }
 #define VMT_BEFORE(fn) KFUNC_PROBE(fn) { vmt_observe(vmt_current_mm()); return 0; }
-/* __x64_sys_*(const struct pt_regs *regs): ctx[0] is the task's user registers, and the
- * return value follows the one argument */
-#define VMT_CALL(fn) KFUNC_PROBE(fn) { return vmt_call_enter(ctx[0]); } KRETFUNC_PROBE(fn) { return vmt_call_return((s64)ctx[1]); }
+/* __x64_sys_*(const struct pt_regs *regs): regs is the task's user registers, found
+ * without reading the argument (5.10's BTF declares its type only forward, and that
+ * verifier then refuses the access); the return value follows the one argument. */
+#define VMT_CALL(fn) KFUNC_PROBE(fn) { return vmt_call_enter(vmt_user_regs()); } KRETFUNC_PROBE(fn) { return vmt_call_return((s64)ctx[1]); }
 
 #ifdef VMT_FEXIT_0
 VMT_AFTER(VMT_FEXIT_0)
