@@ -155,9 +155,13 @@ def test_clear_refs_reset_of_vmhwm_is_reported(prodload: Path, tmp_path: Path) -
     reset = next(r for r in reports if r["what"] == "reset")
     assert reset["vm_hwm_kb"] < touched["vm_hwm_kb"] - 32 * 1024, "clear_refs did not reset"
     resets = of(records, "hwm-reset", reset["pid"])
-    assert len(resets) == 1, resets
+    # MADV_DONTNEED lowers RSS before clear_refs resets hiwater_rss, and hiwater_rss is not
+    # latched by it: VmHWM can fall in two steps, and a sample between them (a slow machine)
+    # then sees each. Either way the falls start at the touched VmHWM and end at the reset.
+    assert 1 <= len(resets) <= 2, resets
     assert resets[0]["hwm_kb_before"] >= touched["vm_hwm_kb"] - 1024
-    assert abs(resets[0]["hwm_kb"] - reset["vm_hwm_kb"]) <= 1024, (resets[0], reset)
+    assert all(r["hwm_kb"] < r["hwm_kb_before"] for r in resets)
+    assert abs(resets[-1]["hwm_kb"] - reset["vm_hwm_kb"]) <= 1024, (resets[-1], reset)
     assert "HWM-RESET" in stdout
 
 
