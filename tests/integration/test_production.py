@@ -155,9 +155,10 @@ def test_clear_refs_reset_of_vmhwm_is_reported(prodload: Path, tmp_path: Path) -
     reset = next(r for r in reports if r["what"] == "reset")
     assert reset["vm_hwm_kb"] < touched["vm_hwm_kb"] - 32 * 1024, "clear_refs did not reset"
     resets = of(records, "hwm-reset", reset["pid"])
-    # MADV_DONTNEED lowers RSS before clear_refs resets hiwater_rss, and hiwater_rss is not
-    # latched by it: VmHWM can fall in two steps, and a sample between them (a slow machine)
-    # then sees each. Either way the falls start at the touched VmHWM and end at the reset.
+    # VmHWM can fall in two steps: when MADV_DONTNEED lowers RSS (if hiwater_rss was not
+    # latched before it) and when clear_refs resets hiwater_rss; a sample between the two (a
+    # slow machine) sees each. Either way the falls start at the touched VmHWM and end at the
+    # reset.
     assert 1 <= len(resets) <= 2, resets
     assert resets[0]["hwm_kb_before"] >= touched["vm_hwm_kb"] - 1024
     assert all(r["hwm_kb"] < r["hwm_kb_before"] for r in resets)
