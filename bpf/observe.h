@@ -12,7 +12,8 @@
 
 #define VMT_MAP_ANONYMOUS 0x20
 
-/* Where an exec's free-range searches and results are kept, per writer (tracepoint). */
+/* The last free range vm_unmapped_area found during a writer's hold (tracepoint backend):
+ * where a new mapping went, since the call has not returned when the change is committed. */
 struct vmt_area {
 	u64 addr;
 	u64 len;

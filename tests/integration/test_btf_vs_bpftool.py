@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmtrace.kernel.btf import DEFAULT_PATH, Btf
-from vmtrace.kernel.offsets import read_offsets
+from vmtrace.kernel.offsets import MEMBERS, read_offsets
 
 # Whatever pytest's import mode, the helper next to this file is importable.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -126,52 +126,8 @@ def _struct(types: dict[int, RawType], name: str) -> int:
     return min(ids)
 
 
-EXPECTED_MEMBERS = {
-    "task_mm": ("task_struct", "mm"),
-    "task_stack": ("task_struct", "stack"),
-    "task_tgid": ("task_struct", "tgid"),
-    "task_pid": ("task_struct", "pid"),
-    "task_comm": ("task_struct", "comm"),
-    "task_exit_code": ("task_struct", "exit_code"),
-    "mm_rss_stat": ("mm_struct", "rss_stat"),
-    "mm_total_vm": ("mm_struct", "total_vm"),
-    "mm_hiwater_vm": ("mm_struct", "hiwater_vm"),
-    "mm_stack_vm": ("mm_struct", "stack_vm"),
-    "mm_hiwater_rss": ("mm_struct", "hiwater_rss"),
-    "pt_regs_orig_ax": ("pt_regs", "orig_ax"),
-    "pt_regs_di": ("pt_regs", "di"),
-    "pt_regs_si": ("pt_regs", "si"),
-    "pt_regs_dx": ("pt_regs", "dx"),
-    "pt_regs_r10": ("pt_regs", "r10"),
-    "pt_regs_r8": ("pt_regs", "r8"),
-    "pt_regs_r9": ("pt_regs", "r9"),
-    "pt_regs_sp": ("pt_regs", "sp"),
-    "pt_regs_ip": ("pt_regs", "ip"),
-    "pt_regs_bp": ("pt_regs", "bp"),
-    "mm_brk": ("mm_struct", "brk"),
-    "binprm_filename": ("linux_binprm", "filename"),
-    "task_files": ("task_struct", "files"),
-    "task_signal": ("task_struct", "signal"),
-    "task_fs": ("task_struct", "fs"),
-    "fs_root_dentry": ("fs_struct", "root.dentry"),
-    "fs_root_mnt": ("fs_struct", "root.mnt"),
-    "signal_live": ("signal_struct", "live"),
-    "files_fdt": ("files_struct", "fdt"),
-    "fdtable_fd": ("fdtable", "fd"),
-    "fdtable_max_fds": ("fdtable", "max_fds"),
-    "file_dentry": ("file", "f_path.dentry"),
-    "file_mnt": ("file", "f_path.mnt"),
-    "file_inode": ("file", "f_inode"),
-    "dentry_name": ("dentry", "d_name.name"),
-    "dentry_parent": ("dentry", "d_parent"),
-    "inode_ino": ("inode", "i_ino"),
-    "inode_sb": ("inode", "i_sb"),
-    "sb_dev": ("super_block", "s_dev"),
-    "mount_mnt": ("mount", "mnt"),
-    "mount_parent": ("mount", "mnt_parent"),
-    "mount_mountpoint": ("mount", "mnt_mountpoint"),
-    "vfsmount_root": ("vfsmount", "mnt_root"),
-}
+# The same table as the BPF programs get, checked here against bpftool, not against itself.
+EXPECTED_MEMBERS = MEMBERS
 
 
 def _require_x86_64() -> None:

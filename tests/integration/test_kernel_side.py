@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     vmtrace_cmd,
     vmtrace_env,
 )
+from vmtrace.cgroups import cgroup2_mounts
 
 pytestmark = pytest.mark.bpf
 
@@ -130,7 +131,10 @@ def memory_cgroup() -> Iterator[Path]:
     """A fresh memory cgroup limited to 200 MiB without swap (v1 or v2, what the machine has)."""
     limit = str(200 << 20)
     v1 = Path("/sys/fs/cgroup/memory")
-    v2 = next((m for m in _cgroup2_mounts() if "memory" in _read(m / "cgroup.controllers")), None)
+    v2 = next(
+        (Path(m) for m in cgroup2_mounts() if "memory" in _read(Path(m) / "cgroup.controllers")),
+        None,
+    )
     if (v1 / "memory.limit_in_bytes").exists():
         cg = v1 / f"vmtrace-oom-{os.getpid()}"
         cg.mkdir()
@@ -162,13 +166,6 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
-
-
-def _cgroup2_mounts() -> Iterator[Path]:
-    for line in _read(Path("/proc/mounts")).splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[2] == "cgroup2":
-            yield Path(parts[1])
 
 
 def test_oom_kill_is_explained(kernelload: Path, memory_cgroup: Path, tmp_path: Path) -> None:

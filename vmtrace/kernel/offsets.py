@@ -22,7 +22,8 @@ _X86_64_THREAD_SIZE = 16384
 # CONFIG_X86_FRED, 0 without; task_pt_regs() sits that far below the top of the stack.
 _FRED_STACK_PADDING = 16
 
-_MEMBERS: dict[str, tuple[str, str]] = {
+# The kernel fields the BPF programs read: VMT_OFF_<NAME> = offsetof(struct, member).
+MEMBERS: dict[str, tuple[str, str]] = {
     "task_mm": ("task_struct", "mm"),
     "task_stack": ("task_struct", "stack"),
     "task_tgid": ("task_struct", "tgid"),
@@ -158,7 +159,7 @@ def offsets_from_btf(btf: Btf, config: dict[str, str] | None) -> KernelOffsets:
     # Without a config we cannot tell; the defaults are those of distribution kernels.
     kasan = cfg.get("CONFIG_KASAN") == "y"
     fred = cfg.get("CONFIG_X86_FRED") == "y"
-    values = {name: btf.member_offset(s, m) for name, (s, m) in _MEMBERS.items()}
+    values = {name: btf.member_offset(s, m) for name, (s, m) in MEMBERS.items()}
     # RSS counters: an array of struct percpu_counter since 6.2 (read its shared `count`,
     # as /proc does), before that struct mm_rss_stat { atomic_long_t count[]; }.
     if btf.has_struct("mm_rss_stat"):
