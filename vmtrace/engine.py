@@ -42,6 +42,7 @@ class _Process:
     mm_id: int = 0  # the image being followed (0: not known yet)
     lost: int = 0  # the kernel side's count of this process's dropped records
     hwm_reset_ns: int = 0  # VmHWM was reset then: records made before say nothing of it
+    hwm_raised_ns: int = 0  # when the record that last raised vm_hwm_kb was made
 
 
 class PeakEngine:
@@ -78,7 +79,7 @@ class PeakEngine:
         if kind == "hwm":
             explained = Explained("hwm", change, p.vm_peak_kb, p.vm_peak_kb)
             if change.hwm_kb >= p.vm_hwm_kb and change.ts_ns >= p.hwm_reset_ns:
-                p.vm_hwm_kb = change.hwm_kb
+                self._raise_hwm(p, change)
                 p.hwm_set_by = explained
             return explained
         if kind == "exec":
@@ -88,7 +89,8 @@ class PeakEngine:
             p.contributions.clear()
             p.comm = change.comm
             p.disagreed_last_sample = False
-            p.vm_hwm_kb = change.hwm_kb
+            p.vm_hwm_kb = 0
+            self._raise_hwm(p, change)
             p.hwm_set_by = None
             explained = Explained("exec", change, before, now)
             p.set_by = explained
@@ -106,8 +108,8 @@ class PeakEngine:
         elif change.mm_id and p.mm_id and change.mm_id != p.mm_id:
             # read after the exec that replaced its image: it says nothing of this one
             return Explained(_classify(change, before, after), change, before, after)
-        if change.ts_ns >= p.hwm_reset_ns:
-            p.vm_hwm_kb = max(p.vm_hwm_kb, change.hwm_kb)
+        if change.ts_ns >= p.hwm_reset_ns and change.hwm_kb > p.vm_hwm_kb:
+            self._raise_hwm(p, change)
         is_highest = after >= p.vm_peak_kb
         p.vm_peak_kb = max(p.vm_peak_kb, after)
         rtype = _classify(change, before, after)
@@ -121,6 +123,23 @@ class PeakEngine:
         elif rtype == "latch":
             p.latches += 1
         return explained
+
+    @staticmethod
+    def _raise_hwm(p: _Process, change: Change) -> None:
+        p.vm_hwm_kb = change.hwm_kb
+        p.hwm_raised_ns = max(p.hwm_raised_ns, change.ts_ns)
+
+    def hwm_fall(self, pid: int, ts_ns: int, status: ProcStatus, tolerance_kb: int) -> int | None:
+        """The VmHWM the records say, if /proc's (read at ts_ns) is more than tolerance_kb
+        below it: VmHWM fell (clear_refs, or pages reclaimed before hiwater_rss was
+        latched). None otherwise, and when a record made after the reading raised it: the
+        reading is then only older than that record, not lower."""
+        p = self._procs.get(pid)
+        if p is None or p.hwm_raised_ns > ts_ns:
+            return None
+        if status.vm_hwm_kb >= p.vm_hwm_kb - tolerance_kb:
+            return None
+        return p.vm_hwm_kb
 
     def vm_hwm_kb(self, pid: int) -> int | None:
         p = self._procs.get(pid)

@@ -3,10 +3,10 @@
 `build_report(records)` streams the records of a log (vmtrace.logread) through the same
 `PeakEngine` that explained them live, and through an `AddressSpace` rebuilt from the log, and
 returns a `Report`: per process, the timeline of new peaks (each with its cause and what is new
-since the previous high), VmHWM from the samples, the causes of the final VmPeak by call site
-(the innermost frames), by whole call chain and by mapping, and the composition of the address
-space at the final peak. `render_text`,
-`render_markdown` and `report_json` turn it into text.
+since the previous high), VmHWM (samples, HWM records, the exit), the causes of the final
+VmPeak by call site (the innermost frames), by whole call chain and by mapping, and the
+composition of the address space at the final peak. `render_text`, `render_markdown` and
+`report_json` turn it into text.
 
 Invariants the tests hold it to:
 - the contributions by call site (and by call chain, and by mapping) add up to the final
@@ -348,7 +348,7 @@ class HwmEntry:
     vm_hwm_kb_before: int | None
     vm_hwm_kb: int
     vm_rss_kb: int
-    source: str = "sample"  # or the cause of an `hwm` record
+    source: str = "sample"  # or the cause of an `hwm` record, or "exit"
     tid: int | None = None
 
 
@@ -621,6 +621,7 @@ class ReportBuilder:
             p.exited = True
             if rec.get("vm_peak_kb") is not None:
                 p.logged_final = rec["vm_peak_kb"]
+            self._on_exit_hwm(p, rec)
 
     def _on_start(self, rec: Record) -> None:
         self.start = rec
@@ -766,6 +767,26 @@ class ReportBuilder:
         p.last_hwm = hwm
         if rec.get("rss_kb") is not None:
             p.max_rss = max(p.max_rss or 0, rec["rss_kb"])
+
+    def _on_exit_hwm(self, p: _Proc, rec: Record) -> None:
+        """The exit record's VmHWM is the kernel's final one: a process that ran between
+        two samples (or while the reader was behind) has no other."""
+        hwm = rec.get("vm_hwm_kb")
+        if hwm is None or hwm == p.last_hwm:
+            return
+        p.hwm.add(
+            HwmEntry(
+                line=self.line,
+                ts_ns=rec["ts_ns"],
+                time=rec.get("time"),
+                rel_s=self._rel(rec["ts_ns"]),
+                vm_hwm_kb_before=p.last_hwm,
+                vm_hwm_kb=hwm,
+                vm_rss_kb=0,
+                source="exit",
+            )
+        )
+        p.last_hwm = hwm
 
     def _on_sample(self, rec: Record) -> None:
         pid = rec["pid"]
@@ -1217,13 +1238,11 @@ def _process_text(p: ProcessReport, w: Any) -> None:
         w(f"  ({p.timeline_omitted} more peaks in the middle of the log not shown)")
     if p.hwm:
         w("")
-        w("VmHWM (resident set high-water mark, from the samples):")
+        w("VmHWM (resident set high-water mark, from the samples, HWM records and exit):")
         for h in p.hwm:
             was = f" (was {human_kb(h.vm_hwm_kb_before)})" if h.vm_hwm_kb_before is not None else ""
-            w(
-                f"  {h.rel_s:>+9.3f}s {_clock(h.time)}  VmHWM {_size(h.vm_hwm_kb)}{was}, "
-                f"VmRSS {human_kb(h.vm_rss_kb)}"
-            )
+            rss = "at exit" if h.source == "exit" else f"VmRSS {human_kb(h.vm_rss_kb)}"
+            w(f"  {h.rel_s:>+9.3f}s {_clock(h.time)}  VmHWM {_size(h.vm_hwm_kb)}{was}, {rss}")
         if p.hwm_omitted:
             w(f"  ({p.hwm_omitted} more changes not shown)")
     w("")
@@ -1338,12 +1357,13 @@ def render_markdown(r: Report) -> str:
             w(f"\n{p.timeline_omitted} more peaks in the middle of the log are not shown.")
         if p.hwm:
             w("")
-            w("### VmHWM (from the samples)")
+            w("### VmHWM (samples, HWM records, the exit)")
             w("")
             w("| t (s) | VmHWM | VmRSS |")
             w("|---:|---:|---:|")
             for h in p.hwm:
-                w(f"| {h.rel_s:.3f} | {h.vm_hwm_kb} kB | {h.vm_rss_kb} kB |")
+                rss = "(exit)" if h.source == "exit" else f"{h.vm_rss_kb} kB"
+                w(f"| {h.rel_s:.3f} | {h.vm_hwm_kb} kB | {rss} |")
         w("")
         w("### Causes of the final VmPeak")
         for title, causes in (

@@ -532,8 +532,8 @@ class Tracer:
         is reset to the current RSS), or when pages were reclaimed before any unmap
         latched hiwater_rss. Say so, and let HWM records start again from there."""
         assert self.session is not None
-        before = self.engine.vm_hwm_kb(pid)
-        if before is None or status.vm_hwm_kb >= before - max(1024, self.opts.hwm_step // 1024):
+        before = self.engine.hwm_fall(pid, ts, status, max(1024, self.opts.hwm_step // 1024))
+        if before is None:
             return
         self.engine.reset_hwm(pid, status.vm_hwm_kb, ts)
         self.session.reset_hwm(pid, status.vm_hwm_kb * 1024 // os.sysconf("SC_PAGE_SIZE"))

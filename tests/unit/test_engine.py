@@ -523,3 +523,58 @@ def test_summary_names_an_unmapped_cause_with_a_question_mark() -> None:
     eng.explain(c)
     (s,) = eng.summary()
     assert s.top_causes == (Contributor("syscall:io_setup", "?", 500),)
+
+
+# -- VmHWM falls ------------------------------------------------------------------------
+
+
+def hwm_record(tl: Timeline, hwm: int) -> Change:
+    tl.ts += 1000
+    return Change(
+        kind="hwm",
+        ts_ns=tl.ts,
+        pid=tl.pid,
+        tid=TID,
+        comm=tl.comm,
+        cause="fault",
+        syscall=None,
+        args=None,
+        ret=None,
+        total_vm_kb_before=tl.mm.total,
+        total_vm_kb_after=tl.mm.total,
+        hiwater_vm_kb_before=tl.mm.hiwater,
+        hiwater_vm_kb_after=tl.mm.hiwater,
+        stack_vm_kb_before=tl.mm.stack,
+        stack_vm_kb_after=tl.mm.stack,
+        kernel_peak_kb_before=None,
+        mapping=None,
+        hwm_kb=hwm,
+    )
+
+
+def rss(hwm: int) -> ProcStatus:
+    return ProcStatus(vm_peak_kb=1000, vm_size_kb=1000, vm_hwm_kb=hwm, vm_rss_kb=hwm)
+
+
+def test_vmhwm_below_the_records_made_before_the_reading_is_a_fall() -> None:
+    """GIVEN HWM records up to 66,000 kB, then /proc read at 2,000 kB (clear_refs)
+    WHEN the fall is judged
+    THEN it is one, from 66,000 kB; within the tolerance it is not."""
+    eng, tl = started(1000)
+    for hwm in (10_000, 40_000, 66_000):
+        eng.explain(hwm_record(tl, hwm))
+    assert eng.hwm_fall(PID, tl.ts + 1, rss(2_000), tolerance_kb=1024) == 66_000
+    assert eng.hwm_fall(PID, tl.ts + 1, rss(65_500), tolerance_kb=1024) is None
+
+
+def test_a_reading_older_than_the_records_that_raised_vmhwm_is_not_a_fall() -> None:
+    """GIVEN /proc read at 40,000 kB while the process was still touching memory, and the
+    drain that followed brought HWM records made after the reading, up to 48,000 kB
+    WHEN the fall is judged
+    THEN there is none: the reading is only older, not lower."""
+    eng, tl = started(1000)
+    eng.explain(hwm_record(tl, 40_000))
+    read_at = tl.ts + 1
+    eng.explain(hwm_record(tl, 48_000))
+    assert eng.hwm_fall(PID, read_at, rss(40_000), tolerance_kb=1024) is None
+    assert eng.hwm_fall(PID, tl.ts + 1, rss(40_000), tolerance_kb=1024) == 48_000

@@ -129,10 +129,10 @@ def report_cmd(
 ) -> None:
     """Explain the VmPeak of each process of an event LOG (offline, no root needed).
 
-    The timeline of new peaks with their causes, VmHWM from the samples, the causes of the
-    final VmPeak by call site and by mapping, and the address space at the final peak,
-    rebuilt from the log and grouped (heap, anonymous, file-backed, stacks, shared memory,
-    reservations, exec image).
+    The timeline of new peaks with their causes, VmHWM (samples, HWM records, the exit), the
+    causes of the final VmPeak by call site and by mapping, and the address space at the
+    final peak, rebuilt from the log and grouped (heap, anonymous, file-backed, stacks,
+    shared memory, reservations, exec image).
     """
     warnings: list[str] = []
     rep = build_report(
