@@ -129,17 +129,25 @@ class PeakEngine:
         p.vm_hwm_kb = change.hwm_kb
         p.hwm_raised_ns = max(p.hwm_raised_ns, change.ts_ns)
 
-    def hwm_fall(self, pid: int, ts_ns: int, status: ProcStatus, tolerance_kb: int) -> int | None:
-        """The VmHWM the records say, if /proc's (read at ts_ns) is more than tolerance_kb
-        below it: VmHWM fell (clear_refs, or pages reclaimed before hiwater_rss was
-        latched). None otherwise, and when a record made after the reading raised it: the
-        reading is then only older than that record, not lower."""
+    def hwm_fall(self, pid: int, ts_ns: int, vm_hwm_kb: int, tolerance_kb: int) -> int | None:
+        """The VmHWM the records say, if the kernel's (read at ts_ns) is more than
+        tolerance_kb below it: VmHWM fell (clear_refs, or pages reclaimed before hiwater_rss
+        was latched). None otherwise, and when a record made after the reading raised it:
+        the reading is then only older than that record, not lower."""
         p = self._procs.get(pid)
         if p is None or p.hwm_raised_ns > ts_ns:
             return None
-        if status.vm_hwm_kb >= p.vm_hwm_kb - tolerance_kb:
+        if vm_hwm_kb >= p.vm_hwm_kb - tolerance_kb:
             return None
         return p.vm_hwm_kb
+
+    def final_hwm(self, pid: int, vm_hwm_kb: int) -> None:
+        """The kernel's VmHWM at exit (taskstats): the process's last word, above records
+        that only read RSS at address-space changes, below them after a reset."""
+        p = self._procs.get(pid)
+        if p is not None and vm_hwm_kb != p.vm_hwm_kb:
+            p.vm_hwm_kb = vm_hwm_kb
+            p.hwm_set_by = None
 
     def vm_hwm_kb(self, pid: int) -> int | None:
         p = self._procs.get(pid)

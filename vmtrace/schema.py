@@ -186,13 +186,22 @@ def sample_record(s: SampleCheck, clock: WallClock, comm: str | None) -> Record:
 
 
 def hwm_reset_record(
-    clock: WallClock, ts_ns: int, pid: int, comm: str, hwm_kb_before: int, status: ProcStatus
+    clock: WallClock,
+    ts_ns: int,
+    pid: int,
+    comm: str,
+    hwm_kb_before: int,
+    hwm_kb: int,
+    status: ProcStatus | None,
 ) -> Record:
-    rec = _common("hwm-reset", clock, ts_ns, pid=pid, comm=comm, vm_peak=status.vm_peak_kb)
+    """VmHWM fell, as a sample (`status`) or the exit (None: taskstats' final VmHWM) saw."""
+    vm_peak = status.vm_peak_kb if status is not None else None
+    rec = _common("hwm-reset", clock, ts_ns, pid=pid, comm=comm, vm_peak=vm_peak)
     rec.update(
         hwm_kb_before=hwm_kb_before,
-        hwm_kb=status.vm_hwm_kb,
-        status=status_dict(status),
+        hwm_kb=hwm_kb,
+        seen_at="sample" if status is not None else "exit",
+        status=status_dict(status) if status is not None else None,
         detail="VmHWM went down: /proc/PID/clear_refs was written (5), or pages were "
         "reclaimed before an unmap latched hiwater_rss",
     )

@@ -532,12 +532,32 @@ class Tracer:
         is reset to the current RSS), or when pages were reclaimed before any unmap
         latched hiwater_rss. Say so, and let HWM records start again from there."""
         assert self.session is not None
-        before = self.engine.hwm_fall(pid, ts, status, max(1024, self.opts.hwm_step // 1024))
+        before = self.engine.hwm_fall(pid, ts, status.vm_hwm_kb, self._hwm_tolerance_kb())
         if before is None:
             return
         self.engine.reset_hwm(pid, status.vm_hwm_kb, ts)
         self.session.reset_hwm(pid, status.vm_hwm_kb * 1024 // os.sysconf("SC_PAGE_SIZE"))
-        self._emit(schema.hwm_reset_record(self.clock, ts, pid, target.info.comm, before, status))
+        self._emit(
+            schema.hwm_reset_record(
+                self.clock, ts, pid, target.info.comm, before, status.vm_hwm_kb, status
+            )
+        )
+
+    def _hwm_tolerance_kb(self) -> int:
+        return max(1024, self.opts.hwm_step // 1024)
+
+    def _final_hwm(self, ts: int, pid: int, target: _Target, final: TaskStat) -> None:
+        """The kernel's VmHWM at exit ends the engine's; lower than the records said, it
+        fell after the last sample (or none was taken: a short run, a reader behind)."""
+        if self.opts.hwm_step:
+            tolerance = self._hwm_tolerance_kb()
+            before = self.engine.hwm_fall(pid, ts, final.hiwater_rss_kb, tolerance)
+            if before is not None:
+                rec = schema.hwm_reset_record(
+                    self.clock, ts, pid, target.info.comm, before, final.hiwater_rss_kb, None
+                )
+                self._emit(rec)
+        self.engine.final_hwm(pid, final.hiwater_rss_kb)
 
     def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int]:
         """/proc/PID/status, read when the events can agree with it: a change made before
@@ -633,6 +653,7 @@ class Tracer:
         final: TaskStat | None = self._kernel_exit.pop(pid) if pid in self._kernel_exit else None
         kernel = None
         if final is not None:
+            self._final_hwm(ts_ns, pid, target, final)
             kernel = {
                 "hiwater_vm_kb": final.hiwater_vm_kb,
                 "hiwater_rss_kb": final.hiwater_rss_kb,

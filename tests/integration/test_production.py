@@ -157,13 +157,17 @@ def test_clear_refs_reset_of_vmhwm_is_reported(prodload: Path, tmp_path: Path) -
     resets = of(records, "hwm-reset", reset["pid"])
     # VmHWM can fall in two steps: when MADV_DONTNEED lowers RSS (if hiwater_rss was not
     # latched before it) and when clear_refs resets hiwater_rss; a sample between the two (a
-    # slow machine) sees each. Either way the falls start at the touched VmHWM and end at the
-    # reset.
+    # slow machine) sees each; with no sample between the reset and the exit (a reader
+    # behind), the exit's final VmHWM (taskstats) shows the fall. Either way the falls start
+    # at the touched VmHWM and end at the reset.
     assert 1 <= len(resets) <= 2, resets
     assert resets[0]["hwm_kb_before"] >= touched["vm_hwm_kb"] - 1024
     assert all(r["hwm_kb"] < r["hwm_kb_before"] for r in resets)
     assert abs(resets[-1]["hwm_kb"] - reset["vm_hwm_kb"]) <= 1024, (resets[-1], reset)
     assert "HWM-RESET" in stdout
+    (exit_rec,) = of(records, "exit", reset["pid"])
+    (summary,) = [s for s in records[-1]["summary"] if s["pid"] == reset["pid"]]
+    assert summary["vm_hwm_kb"] == exit_rec["vm_hwm_kb"] == exit_rec["taskstats"]["hiwater_rss_kb"]
 
 
 # ---- --cgroup ---------------------------------------------------------------------------

@@ -552,10 +552,6 @@ def hwm_record(tl: Timeline, hwm: int) -> Change:
     )
 
 
-def rss(hwm: int) -> ProcStatus:
-    return ProcStatus(vm_peak_kb=1000, vm_size_kb=1000, vm_hwm_kb=hwm, vm_rss_kb=hwm)
-
-
 def test_vmhwm_below_the_records_made_before_the_reading_is_a_fall() -> None:
     """GIVEN HWM records up to 66,000 kB, then /proc read at 2,000 kB (clear_refs)
     WHEN the fall is judged
@@ -563,8 +559,8 @@ def test_vmhwm_below_the_records_made_before_the_reading_is_a_fall() -> None:
     eng, tl = started(1000)
     for hwm in (10_000, 40_000, 66_000):
         eng.explain(hwm_record(tl, hwm))
-    assert eng.hwm_fall(PID, tl.ts + 1, rss(2_000), tolerance_kb=1024) == 66_000
-    assert eng.hwm_fall(PID, tl.ts + 1, rss(65_500), tolerance_kb=1024) is None
+    assert eng.hwm_fall(PID, tl.ts + 1, 2_000, tolerance_kb=1024) == 66_000
+    assert eng.hwm_fall(PID, tl.ts + 1, 65_500, tolerance_kb=1024) is None
 
 
 def test_a_reading_older_than_the_records_that_raised_vmhwm_is_not_a_fall() -> None:
@@ -576,5 +572,18 @@ def test_a_reading_older_than_the_records_that_raised_vmhwm_is_not_a_fall() -> N
     eng.explain(hwm_record(tl, 40_000))
     read_at = tl.ts + 1
     eng.explain(hwm_record(tl, 48_000))
-    assert eng.hwm_fall(PID, read_at, rss(40_000), tolerance_kb=1024) is None
-    assert eng.hwm_fall(PID, tl.ts + 1, rss(40_000), tolerance_kb=1024) == 48_000
+    assert eng.hwm_fall(PID, read_at, 40_000, tolerance_kb=1024) is None
+    assert eng.hwm_fall(PID, tl.ts + 1, 40_000, tolerance_kb=1024) == 48_000
+
+
+def test_the_kernels_vmhwm_at_exit_ends_the_engines() -> None:
+    """GIVEN change records that read RSS only at address-space changes (10,000 kB)
+    WHEN the exit brings the kernel's final VmHWM (300,000 kB: memory touched since)
+    THEN the summary says the kernel's, and a later (lower) one after a reset too."""
+    eng, tl = started(1000)
+    eng.explain(hwm_record(tl, 10_000))
+    eng.final_hwm(PID, 300_000)
+    (s,) = eng.summary()
+    assert s.vm_hwm_kb == 300_000 and s.hwm_set_by is None
+    eng.final_hwm(PID, 2_000)
+    assert eng.vm_hwm_kb(PID) == 2_000
