@@ -149,7 +149,7 @@ static __always_inline int vmt_reserve(struct vmt_event **out, struct target_sta
 	__builtin_memset(e, 0, sizeof(*e));
 	e->flags = flags | (is_vital ? VMT_FLAG_VITAL : 0);
 	e->ts_ns = bpf_ktime_get_ns();
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	e->pid = id >> 32;
 	e->tid = (u32)id;
 	e->rss_member = -1;

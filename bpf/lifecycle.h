@@ -9,7 +9,7 @@
  * the image is in place and current->mm is the new mm. */
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32;
 	struct target_state *st = targets.lookup(&tgid);
 	if (!st)
@@ -60,7 +60,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
  * that a new process given the same pid is never taken for this one. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32;
 	struct target_state *st = targets.lookup(&tgid);
 	if (!st)
@@ -101,8 +101,8 @@ RAW_TRACEPOINT_PROBE(mark_victim)
 {
 #ifdef VMT_OOM_TASK_ARG
 	u64 task = (u64)ctx->args[0];
-	u32 tgid = vmt_read_u32(task + VMT_OFF_TASK_TGID);
-	u32 tid = vmt_read_u32(task + VMT_OFF_TASK_PID);
+	u32 tgid = vmt_task_tgid(task);
+	u32 tid = vmt_task_tid(task);
 	u64 mm = vmt_read_u64(task + VMT_OFF_TASK_MM);
 #else
 	/* before 6.7 the tracepoint passes only the victim's pid */
@@ -144,12 +144,12 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	struct vmt_config *cfg = vmt_config();
 	if (!cfg || !cfg->follow)
 		return 0;
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32;
 	if (!targets.lookup(&tgid))
 		return 0;
 	u64 child = (u64)ctx->args[1];
-	u32 child_tgid = vmt_read_u32(child + VMT_OFF_TASK_TGID);
+	u32 child_tgid = vmt_task_tgid(child);
 	if (child_tgid == 0 || child_tgid == tgid)
 		return 0;  /* a thread: already covered by its process */
 	struct target_state fresh = {};

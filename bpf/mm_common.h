@@ -69,6 +69,67 @@ static __always_inline u32 vmt_read_u32(u64 addr)
 	return v;
 }
 
+/* Process and thread ids as vmtrace's user space names them: /proc, -p and the records
+ * use the numbers of vmtrace's own PID namespace. VMT_PIDNS_INO: vmtrace runs inside a PID
+ * namespace (a container), whose nsfs device and inode these are; the kernel's own ids
+ * (bpf_get_current_pid_tgid, task->tgid) are the host's. A task outside that namespace's
+ * subtree has no number there: 0, never traced. */
+#ifdef VMT_PIDNS_INO
+/* deeper nesting below vmtrace's namespace than this is not followed */
+#define VMT_PIDNS_MAX_LEVEL 8
+
+static __always_inline u64 vmt_current_ids(void)
+{
+	struct bpf_pidns_info ns = {};
+	if (bpf_get_ns_current_pid_tgid(VMT_PIDNS_DEV, VMT_PIDNS_INO, &ns, sizeof(ns)))
+		return 0;
+	return (u64)ns.tgid << 32 | ns.pid;
+}
+
+/* struct pid's number in vmtrace's namespace: its upid whose namespace has that inode */
+static __always_inline u32 vmt_pid_nr(u64 pid)
+{
+	if (!pid)
+		return 0;
+	u32 level = vmt_read_u32(pid + VMT_OFF_PID_LEVEL);
+#pragma unroll
+	for (u32 i = 0; i < VMT_PIDNS_MAX_LEVEL; i++) {
+		if (i > level)
+			break;
+		u64 up = pid + VMT_OFF_PID_NUMBERS + i * VMT_OFF_UPID_SIZE;
+		u64 ns = vmt_read_u64(up + VMT_OFF_UPID_NS);
+		if (ns && vmt_read_u32(ns + VMT_OFF_PIDNS_INUM) == VMT_PIDNS_INO)
+			return vmt_read_u32(up + VMT_OFF_UPID_NR);
+	}
+	return 0;
+}
+
+static __always_inline u32 vmt_task_tid(u64 task)
+{
+	return vmt_pid_nr(vmt_read_u64(task + VMT_OFF_TASK_THREAD_PID));
+}
+
+static __always_inline u32 vmt_task_tgid(u64 task)
+{
+	return vmt_task_tid(vmt_read_u64(task + VMT_OFF_TASK_GROUP_LEADER));
+}
+#else
+static __always_inline u64 vmt_current_ids(void)
+{
+	return bpf_get_current_pid_tgid();
+}
+
+static __always_inline u32 vmt_task_tid(u64 task)
+{
+	return vmt_read_u32(task + VMT_OFF_TASK_PID);
+}
+
+static __always_inline u32 vmt_task_tgid(u64 task)
+{
+	return vmt_read_u32(task + VMT_OFF_TASK_TGID);
+}
+#endif
+
 static __always_inline u64 vmt_current_mm(void)
 {
 	return vmt_read_u64(bpf_get_current_task() + VMT_OFF_TASK_MM);

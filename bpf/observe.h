@@ -64,6 +64,7 @@ static __always_inline void vmt_new_mm(struct target_state *st, u64 mm, s64 nr)
 	if (!vmt_reserve(&e, st, 1, 0, 0))
 		return;
 	e->kind = VMT_KIND_BASELINE;
+	e->aux = bpf_get_current_pid_tgid() >> 32;
 	vmt_fill_counters(e, &now, &now, st->peak, mm);
 	vmt_submit(e);
 }

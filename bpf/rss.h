@@ -15,7 +15,7 @@ BPF_HASH(hwm_resets, u32, u64, 1024);
 
 RAW_TRACEPOINT_PROBE(rss_stat)
 {
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32;
 	struct target_state *st = targets.lookup(&tgid);
 	if (!st)

@@ -29,7 +29,7 @@ BPF_TABLE("lru_hash", u32, struct inflight_call, inflight, 16384);
 
 static __always_inline int vmt_call_enter(u64 regs)
 {
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32, tid = (u32)id;
 	struct target_state *st = target_of(tgid);
 	if (!st)
@@ -48,7 +48,7 @@ static __always_inline int vmt_call_enter(u64 regs)
 /* The current task may just have changed the counters of its own mm. */
 static __always_inline void vmt_observe(u64 mm)
 {
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32, tid = (u32)id;
 	struct target_state *st = target_of(tgid);
 	if (!st || mm == 0 || mm != vmt_current_mm())
@@ -90,7 +90,7 @@ static __always_inline void vmt_observe(u64 mm)
 
 static __always_inline int vmt_call_return(s64 ret)
 {
-	u64 id = bpf_get_current_pid_tgid();
+	u64 id = vmt_current_ids();
 	u32 tgid = id >> 32, tid = (u32)id;
 	struct inflight_call *call = inflight.lookup(&tid);
 	if (!call)

@@ -82,7 +82,9 @@ struct vmt_event {
 	__u64 hiwater_rss;
 	__u64 hwm_before;       /* HWM: VmHWM (pages) of the previous HWM record */
 	__u64 aux;              /* FORK: parent tgid; EXEC: the tid that called exec; EXIT: the
-				 * exit code (status << 8 | signal); OOM: see VMT_KIND_OOM */
+				 * exit code (status << 8 | signal); OOM: see VMT_KIND_OOM;
+				 * BASELINE: the process's host tgid (pid is vmtrace's
+				 * namespace's, which may be another) */
 	__u32 folded_rises;     /* --min-delta: VmPeak rises kept back since the last one sent */
 	__s32 rss_member;       /* HWM: counter that grew (0 file, 1 anon, 3 shmem); else -1 */
 	__u32 flags;            /* VMT_FLAG_* */

@@ -250,7 +250,7 @@ class KernelEvent:
     hwm_before_pages: int = 0  # HWM records: VmHWM of the previous one
     rss_member: int = -1
     aux: int = 0  # FORK: the parent; EXEC: the thread that called exec; EXIT: the exit code;
-    # OOM: the task whose allocation failed
+    # OOM: the task whose allocation failed; BASELINE: the host's tgid
     folded_rises: int = 0  # --min-delta: VmPeak rises this record's peak covers
     lost: int = 0  # records of this process that found no room, so far
     file: MappedFile | None = None

@@ -152,6 +152,7 @@ class Enricher:
             rss_shmem_kb=ev.rss_shmem_pages * kp,
             exit_code=ev.aux if ev.kind is EventKind.EXIT else None,
             oom_trigger_pid=ev.aux if ev.kind is EventKind.OOM else None,
+            host_pid=ev.aux if ev.kind is EventKind.BASELINE and ev.aux != ev.pid else None,
             mm_id=ev.mm_id,
             folded_rises=ev.folded_rises,
             lost=ev.lost,

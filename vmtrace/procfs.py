@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from vmtrace.errors import TargetError
+from vmtrace.pidns import nested_pids
 from vmtrace.records import Mapping, ProcStatus
 
 PROC = "/proc"
@@ -18,6 +19,8 @@ class ProcessInfo:
     cmdline: tuple[str, ...]
     start_time: int  # clock ticks after boot (/proc/PID/stat field 22): tells PID reuse apart
     threads: dict[int, str]
+    # NSpid: its number here, then in the PID namespaces nested below (a container's)
+    ns_pids: tuple[int, ...] = ()
 
 
 def parse_status(text: str) -> ProcStatus | None:
@@ -188,6 +191,7 @@ def inspect_target(pid: int, proc: str = PROC) -> ProcessInfo:
         cmdline=tuple(a for a in cmdline_raw.split("\0") if a),
         start_time=start if start is not None else 0,
         threads=read_threads(pid, proc),
+        ns_pids=nested_pids(status_text),
     )
 
 

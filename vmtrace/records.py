@@ -90,6 +90,7 @@ class Change:
     rss_shmem_kb: int = 0
     exit_code: int | None = None  # exit: the kernel's exit code (status << 8 | signal)
     oom_trigger_pid: int | None = None  # oom: whose allocation made the kernel kill
+    host_pid: int | None = None  # baseline: the host's PID, when vmtrace's namespace has another
     mm_id: int = 0  # the address space: records of an earlier image have another one
     folded_rises: int = 0  # --min-delta: smaller VmPeak rises this peak covers
     lost: int = 0  # records of this process the kernel side had no room for, so far

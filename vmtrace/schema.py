@@ -104,6 +104,7 @@ def start_record(
                 "comm": info.comm,
                 "cmdline": list(info.cmdline),
                 "threads": {str(t): c for t, c in info.threads.items()},
+                "ns_pids": list(info.ns_pids),
                 "status": status_dict(st) if st else None,
             }
             for info, st in targets
@@ -159,6 +160,8 @@ def explained_record(e: Explained, clock: WallClock) -> Record:
         rec.update(parent_pid=c.parent_pid)
     elif e.type == "exec":
         rec.update(exec_tid=c.exec_tid)
+    elif e.type == "baseline" and c.host_pid is not None:
+        rec.update(host_pid=c.host_pid)
     return rec
 
 

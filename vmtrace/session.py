@@ -35,6 +35,7 @@ from vmtrace.abi import (
 from vmtrace.errors import EnvironmentProblem, ProbeError
 from vmtrace.kernel.offsets import KernelOffsets
 from vmtrace.kernel.probesites import MAX_FENTRY_WRITERS, ProbePlan
+from vmtrace.pidns import PidNamespace
 
 BPF_DIR = Path(os.environ.get("VMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
 
@@ -161,6 +162,7 @@ class BccSession:
         max_targets: int = 1024,
         stack_bytes: int = DEFAULT_STACK_BYTES,
         oom_victim: str | None = None,
+        pidns: PidNamespace | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ProbeError(f"failed to build backend {backend}: unknown backend")
@@ -178,7 +180,10 @@ class BccSession:
                 f"(fix: 0, or a multiple of {STACK_CHUNK} up to {MAX_STACK_BYTES})"
             )
         self._stack_bytes = stack_bytes
-        self._oom_victim = oom_victim
+        self._pidns = pidns
+        # Inside a PID namespace the victim is translated from its task; before 6.7 the
+        # tracepoint names only the host's pid, which nothing there can translate.
+        self._oom_victim = oom_victim if pidns is None or oom_victim == "task" else None
         self.config = config or TraceConfig()
         self._max_targets = max_targets
         self._bpf: Any = None
@@ -208,6 +213,8 @@ class BccSession:
             cflags.append("-DVMT_TRACE_OOM=1")
             if self._oom_victim == "task":
                 cflags.append("-DVMT_OOM_TASK_ARG=1")
+        if self._pidns is not None:
+            cflags += self._pidns.cflags()
         if self._have_task_pt_regs:
             cflags.append("-DVMT_HAVE_TASK_PT_REGS=1")
         if self.config.cgroup_id:

@@ -36,6 +36,7 @@ from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
+from vmtrace.pidns import PidNamespace, own_pid_namespace
 from vmtrace.records import Explained, Mapping, ProcStatus
 from vmtrace.session import BccSession
 from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
@@ -122,6 +123,7 @@ class Tracer:
         # Without --follow (or another way of adding processes), what traced processes
         # started is not traced: the summary says how many the samples saw.
         self.untraced = None if opts.discovers else UntracedChildren()
+        self.pidns: PidNamespace | None = None  # vmtrace's own, when not the host's
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -138,6 +140,7 @@ class Tracer:
             )
         offsets = read_offsets()
         headers = choose_headers()
+        self.pidns = own_pid_namespace()
         config = self._config()
         if self.opts.verbose:
             self.log(f"headers: {headers.description}")
@@ -160,6 +163,7 @@ class Tracer:
                 max_targets=max_targets,
                 stack_bytes=self.opts.stack_bytes,
                 oom_victim=survey.oom_victim,
+                pidns=self.pidns,
             )
             for c in usable
         ]
@@ -393,7 +397,12 @@ class Tracer:
                     schema.maps_record(self.clock, now, info.pid, info.comm, all_maps[info.pid])
                 )
         self._flush()
-        pids = ", ".join(f"{i.pid} ({i.comm})" for i in infos) or self._scope()
+        pids = ", ".join(f"{i.pid} ({i.comm}{_nested(i)})" for i in infos) or self._scope()
+        if self.pidns is not None:
+            self.log(
+                "vmtrace runs in a PID namespace: PIDs are that namespace's (each process's "
+                "host PID is in its baseline record)"
+            )
         self.log(
             f"tracing {pids} with the {self.session.backend if self.session else '?'} backend "
             f"(attached in {attach_seconds:.2f} s); "
@@ -740,3 +749,10 @@ class Tracer:
 
 def default_log(msg: str) -> None:
     print(f"vmtrace: {msg}", file=sys.stderr, flush=True)
+
+
+def _nested(info: procfs.ProcessInfo) -> str:
+    """A process in a PID namespace below vmtrace's (a container): its number there too."""
+    if len(info.ns_pids) < 2:
+        return ""
+    return f", PID {info.ns_pids[-1]} in its namespace"

@@ -323,8 +323,14 @@ def _kernel_btf(path: Path) -> None:
         2048,
         [("stack", ptr, 256), ("mm", ptr, 9088), ("pid", pid_t, 10112), ("tgid", pid_t, 10144),
          ("comm", ulong, 1500 * 8), ("exit_code", pid_t, 1200 * 8),
-         ("files", ptr, 1824 * 8), ("signal", ptr, 1848 * 8), ("fs", ptr, 1816 * 8)],
+         ("files", ptr, 1824 * 8), ("signal", ptr, 1848 * 8), ("fs", ptr, 1816 * 8),
+         ("group_leader", ptr, 1328 * 8), ("thread_pid", ptr, 1368 * 8)],
     )  # fmt: skip
+    uint = b.add_int("unsigned int", 4)
+    upid = b.add_composite(t.STRUCT, "upid", 16, [("nr", pid_t, 0), ("ns", ptr, 64)])
+    b.add_composite(t.STRUCT, "pid", 160, [("level", uint, 32), ("numbers", upid, 144 * 8)])
+    ns_common = b.add_composite(t.STRUCT, "ns", 24, [("stashed", ptr, 0), ("inum", uint, 128)])
+    b.add_composite(t.STRUCT, "pid_namespace", 200, [("level", uint, 0), ("ns", ns_common, 960)])
     b.add_composite(t.STRUCT, "linux_binprm", 256, [("filename", ptr, 96 * 8)])
     b.add_composite(t.STRUCT, "signal_struct", 64, [("sigcnt", pid_t, 0), ("live", pid_t, 32)])
     b.add_composite(t.STRUCT, "files_struct", 64, [("count", pid_t, 0), ("fdt", ptr, 256)])
@@ -376,7 +382,9 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
         signal_live=4, files_fdt=32, fdtable_fd=8,
         fdtable_max_fds=0, file_dentry=72, file_mnt=64, file_inode=32, dentry_name=40,
         dentry_parent=24, inode_ino=64, inode_sb=40, sb_dev=16, mount_mnt=32, mount_parent=16,
-        mount_mountpoint=24, vfsmount_root=0, thread_size=16384, stack_top_padding=0,
+        mount_mountpoint=24, vfsmount_root=0, task_group_leader=1328, task_thread_pid=1368,
+        pid_level=4, pid_numbers=144, upid_nr=0, upid_ns=8, upid_size=16, pidns_inum=136,
+        thread_size=16384, stack_top_padding=0,
     )  # fmt: skip
 
 

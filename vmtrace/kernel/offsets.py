@@ -69,6 +69,14 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "mount_parent": ("mount", "mnt_parent"),
     "mount_mountpoint": ("mount", "mnt_mountpoint"),
     "vfsmount_root": ("vfsmount", "mnt_root"),
+    # a task's number in vmtrace's PID namespace: task -> struct pid -> numbers[level]
+    "task_group_leader": ("task_struct", "group_leader"),
+    "task_thread_pid": ("task_struct", "thread_pid"),
+    "pid_level": ("pid", "level"),
+    "pid_numbers": ("pid", "numbers"),
+    "upid_nr": ("upid", "nr"),
+    "upid_ns": ("upid", "ns"),
+    "pidns_inum": ("pid_namespace", "ns.inum"),
 }
 
 
@@ -123,6 +131,14 @@ class KernelOffsets:
     mount_parent: int
     mount_mountpoint: int
     vfsmount_root: int
+    task_group_leader: int
+    task_thread_pid: int
+    pid_level: int
+    pid_numbers: int
+    upid_nr: int
+    upid_ns: int
+    upid_size: int
+    pidns_inum: int
     thread_size: int
     stack_top_padding: int
 
@@ -170,6 +186,7 @@ def offsets_from_btf(btf: Btf, config: dict[str, str] | None) -> KernelOffsets:
         values["rss_count"] = btf.member_offset("percpu_counter", "count")
     return KernelOffsets(
         pt_regs_size=btf.struct_size("pt_regs"),
+        upid_size=btf.struct_size("upid"),
         thread_size=_X86_64_THREAD_SIZE * (2 if kasan else 1),
         stack_top_padding=_FRED_STACK_PADDING if fred else 0,
         **values,

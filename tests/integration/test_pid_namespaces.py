@@ -1,0 +1,179 @@
+"""PID namespaces: -p takes the PID as the caller sees it, inside a container or outside.
+
+The workload maps 64 MiB once told to go and reports its own PID, NSpid and VmPeak read from
+its own /proc/self/status; the expectations are those numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration._require import require
+from tests.integration.conftest import (
+    REPO_ROOT,
+    RUN_TIMEOUT_S,
+    of,
+    read_jsonl,
+    start_vmtrace,
+    tail,
+    vmtrace_env,
+    wait_for_start,
+)
+
+pytestmark = pytest.mark.bpf
+
+# Waits for GO to exist, maps and touches 64 MiB, reports itself, unmaps, exits.
+WORKLOAD = """
+import json, mmap, os, sys, time
+go, out = sys.argv[1], sys.argv[2]
+deadline = time.monotonic() + 240
+while not os.path.exists(go):
+    if time.monotonic() > deadline:
+        sys.exit(3)
+    time.sleep(0.02)
+m = mmap.mmap(-1, 64 << 20)
+m[::4096] = b"x" * (64 << 20 >> 12)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+with open(out, "w") as f:
+    json.dump({
+        "pid": os.getpid(),
+        "nspid": [int(x) for x in status["NSpid"].split()],
+        "vm_peak_kb": int(status["VmPeak"].split()[0]),
+    }, f)
+m.close()
+"""
+
+
+def _unshare() -> str:
+    path = shutil.which("unshare")
+    require(path is not None, "unshare (util-linux) is not installed")
+    assert path is not None
+    return path
+
+
+def _wait_for(path: Path, what: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not path.exists() or path.stat().st_size == 0:
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: the namespace's processes ended first", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: timed out", pytrace=False)
+        time.sleep(0.05)
+
+
+def _start_record(log: Path) -> dict[str, Any] | None:
+    try:
+        first = log.read_text().split("\n", 1)[0]
+        rec: dict[str, Any] = json.loads(first) if first else {}
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("type") == "start" else None
+
+
+def test_minus_p_inside_a_pid_namespace_traces_the_namespaces_pid(tmp_path: Path) -> None:
+    """GIVEN vmtrace and a workload inside one new PID namespace (unshare --pid --fork
+    --mount-proc, as in a container), vmtrace given the PID the namespace sees
+    WHEN the workload maps 64 MiB
+    THEN its peak is traced under that PID, the final VmPeak is the one it read itself,
+    and its baseline record names its host PID (another number)."""
+    unshare = _unshare()
+    (tmp_path / "load.py").write_text(WORKLOAD)
+    go, out, log = tmp_path / "go", tmp_path / "out.json", tmp_path / "log.jsonl"
+    script = '"$0" "$1" "$2" "$3" & exec "$0" -m vmtrace -p $! -o "$4"'
+    args = [sys.executable, str(tmp_path / "load.py"), str(go), str(out), str(log)]
+    with (tmp_path / "vmtrace.stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [unshare, "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO_ROOT,
+            env=vmtrace_env(),
+        )
+    try:
+        _wait_for(log, "vmtrace's start record", proc)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while _start_record(log) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        rc = proc.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "vmtrace.stderr").read_text()
+    assert rc == 0, tail(stderr)
+    assert "PIDs are that namespace's" in stderr
+    me = json.loads(out.read_text())
+    assert me["nspid"] == [me["pid"]], "the workload sees only its own namespace"
+    records = read_jsonl(log)
+    (target,) = records[0]["targets"]
+    assert target["pid"] == me["pid"]
+    peaks = of(records, "peak", me["pid"])
+    assert peaks and max(p["vm_peak_kb"] for p in peaks) == me["vm_peak_kb"]
+    (baseline,) = of(records, "baseline", me["pid"])
+    assert baseline["host_pid"] > 0 and baseline["host_pid"] != me["pid"]
+    (exit_rec,) = of(records, "exit", me["pid"])
+    assert exit_rec["vm_peak_kb"] == me["vm_peak_kb"]
+
+
+def test_minus_p_from_the_host_names_a_containers_process_both_ways(tmp_path: Path) -> None:
+    """GIVEN a workload inside a new PID namespace, vmtrace on the host given its host PID
+    WHEN the workload maps 64 MiB
+    THEN it is traced under the host PID, the start record's ns_pids and the console give
+    its number in its own namespace too, and the final VmPeak is the one it read itself."""
+    unshare = _unshare()
+    (tmp_path / "load.py").write_text(WORKLOAD)
+    go, out, log = tmp_path / "go", tmp_path / "out.json", tmp_path / "log.jsonl"
+    container = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--mount-proc", sys.executable, str(tmp_path / "load.py"),
+         str(go), str(out)],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    vmt = None
+    try:
+        host_pid = _workload_under(container.pid)
+        vmt = start_vmtrace(["-p", str(host_pid), "-o", str(log)], tmp_path)
+        wait_for_start(log, vmt)
+        go.touch()
+        assert container.wait(timeout=RUN_TIMEOUT_S) == 0
+        rc = vmt.wait()
+        assert rc == 0, tail(vmt.stderr())
+    finally:
+        for p in (container, vmt.proc if vmt else None):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    me = json.loads(out.read_text())
+    records = read_jsonl(log)
+    (target,) = records[0]["targets"]
+    assert target["pid"] == host_pid
+    assert target["ns_pids"] == [host_pid, me["pid"]]
+    assert f"PID {me['pid']} in its namespace" in vmt.stderr()
+    peaks = of(records, "peak", host_pid)
+    assert peaks and max(p["vm_peak_kb"] for p in peaks) == me["vm_peak_kb"]
+    assert "host_pid" not in of(records, "baseline", host_pid)[0]
+
+
+def _workload_under(unshare_pid: int) -> int:
+    """unshare --fork's child: the workload, PID 1 of its namespace (host PID here)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text()
+        except OSError:
+            children = ""
+        for pid in children.split():
+            status = Path(f"/proc/{pid}/status").read_text()
+            if "python" in Path(f"/proc/{pid}/comm").read_text() or "NSpid" in status:
+                return int(pid)
+        time.sleep(0.02)
+    pytest.fail("the namespace's workload did not start", pytrace=False)
