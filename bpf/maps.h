@@ -22,6 +22,9 @@ BPF_HASH(comms, struct vmt_comm_key, u8, 64);
 BPF_RINGBUF_OUTPUT(events, VMT_RINGBUF_PAGES);
 BPF_RINGBUF_OUTPUT(vital, VMT_VITAL_PAGES);
 BPF_PERCPU_ARRAY(counters, u64, VMT_CNT_MAX);
+#ifdef VMT_CGROUP_FILTER
+BPF_CGROUP_ARRAY(cgroup_filter, 1);  /* --cgroup: the directory user space opened */
+#endif
 
 static __always_inline void count(int idx)
 {
@@ -52,10 +55,10 @@ static __always_inline struct target_state *target_of(u32 tgid)
 		return 0;  /* kernel threads have no address space to explain */
 	int covered = cfg->all;
 #ifdef VMT_CGROUP_FILTER
-	/* compiled in only for --cgroup: kernels before 5.11 refuse this helper in tracing
-	 * programs */
+	/* the cgroup is held by its directory's fd, not by a level counted from a root: the
+	 * same under any cgroup namespace */
 	if (!covered && cfg->cgroup_id)
-		covered = bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level) == cfg->cgroup_id;
+		covered = cgroup_filter.check_current_task(0) == 1;
 #endif
 	if (!covered && cfg->comm_filter) {
 		struct vmt_comm_key key = {};

@@ -119,8 +119,7 @@ struct vmt_user_stack {
 struct vmt_config {
 	__u64 min_delta_pages;  /* non-zero: a peak is sent once VmPeak rose this much since the last */
 	__u64 hwm_step_pages;   /* HWM records each time VmHWM grows by this much; 0: none */
-	__u64 cgroup_id;        /* non-zero: every process in this cgroup (v2) or below */
-	__u32 cgroup_level;
+	__u64 cgroup_id;        /* non-zero: every process in the `cgroup_filter` cgroup or below */
 	__u32 follow;           /* children of traced processes are traced */
 	__u32 all;              /* every process with a user address space */
 	__u32 comm_filter;      /* processes whose comm is in the `comms` map */

@@ -119,7 +119,6 @@ class ConfigStruct(ctypes.Structure):
         ("min_delta_pages", ctypes.c_uint64),
         ("hwm_step_pages", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
-        ("cgroup_level", ctypes.c_uint32),
         ("follow", ctypes.c_uint32),
         ("all", ctypes.c_uint32),
         ("comm_filter", ctypes.c_uint32),
@@ -135,7 +134,7 @@ class TraceConfig:
     min_delta_pages: int = 0
     hwm_step_pages: int = 0
     cgroup_id: int = 0
-    cgroup_level: int = 0
+    cgroup_path: str | None = None  # --cgroup's directory: the kernel side holds it by fd
     follow: bool = False
     all: bool = False
     comms: tuple[str, ...] = ()
@@ -147,7 +146,6 @@ class TraceConfig:
             min_delta_pages=self.min_delta_pages,
             hwm_step_pages=self.hwm_step_pages,
             cgroup_id=self.cgroup_id,
-            cgroup_level=self.cgroup_level,
             follow=int(self.follow),
             all=int(self.all),
             comm_filter=int(bool(self.comms)),

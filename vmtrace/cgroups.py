@@ -1,6 +1,6 @@
-"""cgroup v2 directories as the kernel names them: an id (the directory's inode) and a
-level (its depth below the cgroup2 root), which is what the BPF side compares with
-bpf_get_current_ancestor_cgroup_id()."""
+"""cgroup v2 directories as --cgroup names them: the real path (the BPF side holds the
+cgroup by an fd of it, which means the same cgroup under any cgroup namespace) and its id
+(the directory's inode, as the kernel names the cgroup)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 class CgroupTarget:
     path: str
     cgroup_id: int
-    level: int
 
 
 def cgroup2_mounts(mounts_path: str = "/proc/mounts") -> list[str]:
@@ -37,6 +36,4 @@ def resolve_cgroup(path: str, mounts_path: str = "/proc/mounts") -> CgroupTarget
             f"failed to use cgroup {path}: not under a cgroup v2 mount "
             f"({', '.join(roots) or 'none mounted'}); give e.g. /sys/fs/cgroup/system.slice/x"
         )
-    rel = os.path.relpath(real, root)
-    level = 0 if rel == "." else len(rel.split(os.sep))
-    return CgroupTarget(path=real, cgroup_id=os.stat(real).st_ino, level=level)
+    return CgroupTarget(path=real, cgroup_id=os.stat(real).st_ino)

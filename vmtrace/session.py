@@ -218,7 +218,7 @@ class BccSession:
         if self._have_task_pt_regs:
             cflags.append("-DVMT_HAVE_TASK_PT_REGS=1")
         if self.config.cgroup_id:
-            # only then: kernels before 5.11 refuse the helper it needs in tracing programs
+            # only then: the cgroup array map and its helper cost nothing otherwise
             cflags.append("-DVMT_CGROUP_FILTER=1")
         if self.backend == "fentry" and self.plan is not None:
             # Names come from probesites' fixed tables, checked against BTF: identifiers only.
@@ -256,7 +256,7 @@ class BccSession:
             gist = _last_error_line(self.diagnostics)
             if gist and gist not in detail:
                 detail = f"{gist} ({detail})"
-            if self.config.cgroup_id and "bpf_get_current_ancestor_cgroup_id" in gist:
+            if self.config.cgroup_id and "current_task_under_cgroup" in gist:
                 detail += " (fix: this kernel cannot filter by cgroup: use --comm or -p)"
             self.close()
             raise ProbeError(f"failed to load the {self.backend} backend: {detail}") from None
@@ -269,6 +269,13 @@ class BccSession:
         comms = self._bpf["comms"]
         for name in self.config.comms:
             comms[comms.Key.from_buffer_copy(comm_key(name))] = ctypes.c_uint8(1)
+        if self.config.cgroup_path:
+            # The map keeps its own reference to the cgroup; this fd is only the way in.
+            fd = os.open(self.config.cgroup_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._bpf["cgroup_filter"][ctypes.c_int(0)] = fd
+            finally:
+                os.close(fd)
 
     def _attach_probes(self) -> None:
         if self.backend != "kprobe" or self.plan is None:

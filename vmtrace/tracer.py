@@ -176,7 +176,7 @@ class Tracer:
             min_delta_pages=-(-kernel_min_delta // page),
             hwm_step_pages=-(-self.opts.hwm_step // page),
             cgroup_id=cg.cgroup_id if cg else 0,
-            cgroup_level=cg.level if cg else 0,
+            cgroup_path=cg.path if cg else None,
             follow=self.opts.follow,
             all=self.opts.all,
             comms=self.opts.comms,

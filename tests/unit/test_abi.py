@@ -428,13 +428,11 @@ def test_config_struct_matches_header() -> None:
 
 def test_trace_config_encodes_every_filter() -> None:
     cfg = abi.TraceConfig(
-        min_delta_pages=16384, hwm_step_pages=256, cgroup_id=77, cgroup_level=3,
+        min_delta_pages=16384, hwm_step_pages=256, cgroup_id=77, cgroup_path="/sys/fs/cgroup/x",
         follow=True, all=False, comms=("nginx",),
     )  # fmt: skip
     c = cfg.encode()
-    assert (c.min_delta_pages, c.hwm_step_pages, c.cgroup_id, c.cgroup_level) == (
-        16384, 256, 77, 3,
-    )  # fmt: skip
+    assert (c.min_delta_pages, c.hwm_step_pages, c.cgroup_id) == (16384, 256, 77)
     assert (c.follow, c.all, c.comm_filter) == (1, 0, 1)
     assert abi.comm_key("nginx") == b"nginx" + b"\0" * 11
     assert abi.comm_key("a-very-long-process-name") == b"a-very-long-pro\0"

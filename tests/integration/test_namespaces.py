@@ -1,4 +1,6 @@
-"""PID namespaces: -p takes the PID as the caller sees it, inside a container or outside.
+"""Namespaces, as in containers: -p takes the PID as the caller sees it, inside a PID
+namespace or outside; --cgroup names the cgroup as the caller sees it, inside a cgroup
+namespace too.
 
 The workload maps 64 MiB once told to go and reports its own PID, NSpid and VmPeak read from
 its own /proc/self/status; the expectations are those numbers.
@@ -7,10 +9,14 @@ its own /proc/self/status; the expectations are those numbers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ from tests.integration._require import require
 from tests.integration.conftest import (
     REPO_ROOT,
     RUN_TIMEOUT_S,
+    max_peak,
     of,
     read_jsonl,
     start_vmtrace,
@@ -27,6 +34,7 @@ from tests.integration.conftest import (
     vmtrace_env,
     wait_for_start,
 )
+from vmtrace.cgroups import cgroup2_mounts
 
 pytestmark = pytest.mark.bpf
 
@@ -177,3 +185,85 @@ def _workload_under(unshare_pid: int) -> int:
                 return int(pid)
         time.sleep(0.02)
     pytest.fail("the namespace's workload did not start", pytrace=False)
+
+
+@pytest.fixture
+def outer_cgroup() -> Iterator[Path]:
+    """A fresh cgroup v2 directory, to root a cgroup namespace at (mounting cgroup2 where
+    the machine has none, e.g. the VM)."""
+    mounted: Path | None = None
+    roots = cgroup2_mounts()
+    if roots:
+        root = Path(roots[0])
+    else:
+        mounted = Path(tempfile.mkdtemp(prefix="vmtrace-cg2-"))
+        res = subprocess.run(["mount", "-t", "cgroup2", "none", str(mounted)], capture_output=True)
+        require(res.returncode == 0, f"cannot mount cgroup2: {res.stderr!r}")
+        root = mounted
+    outer = root / f"vmtrace-cgns-{os.getpid()}"
+    (outer / "inner").mkdir(parents=True)
+    try:
+        yield outer
+    finally:
+        for d in (outer / "inner", outer):
+            for _ in range(50):  # a member that just exited leaves its cgroup a moment later
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        if mounted is not None:
+            subprocess.run(["umount", str(mounted)], check=False)
+            mounted.rmdir()
+
+
+def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
+    outer_cgroup: Path, tmp_path: Path
+) -> None:
+    """GIVEN vmtrace in a cgroup namespace rooted at OUTER (unshare --cgroup --mount, cgroup2
+    mounted there: /sys/fs/cgroup is OUTER), a workload in OUTER/inner, and vmtrace given
+    --cgroup /sys/fs/cgroup/inner (one level down as the namespace sees it, more from the
+    real root)
+    WHEN the workload maps 64 MiB
+    THEN it is traced, its peak ending at its own VmPeak reading, and vmtrace (in OUTER,
+    not inner) is not."""
+    unshare = _unshare()
+    (tmp_path / "load.py").write_text(WORKLOAD)
+    go, out, log = tmp_path / "go", tmp_path / "out.json", tmp_path / "log.jsonl"
+    inner = (
+        'mount -t cgroup2 none /sys/fs/cgroup || exit 9; '
+        '/bin/sh -c \'echo $$ > /sys/fs/cgroup/inner/cgroup.procs && exec "$0" "$1" "$2" "$3"\' '
+        '"$0" "$1" "$2" "$3" & exec "$0" -m vmtrace --cgroup /sys/fs/cgroup/inner -o "$4"'
+    )
+    outer = f'echo $$ > {outer_cgroup}/cgroup.procs && exec "$@"'
+    args = [sys.executable, str(tmp_path / "load.py"), str(go), str(out), str(log)]
+    cmd = ["/bin/sh", "-c", outer, "sh", unshare, "--cgroup", "--mount", "/bin/sh", "-c", inner]
+    with (tmp_path / "vmtrace.stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [*cmd, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO_ROOT,
+            env=vmtrace_env(),
+        )
+    try:
+        _wait_for(log, "vmtrace's start record", proc)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while _start_record(log) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        go.touch()
+        _wait_for(out, "the workload's report", proc)
+        time.sleep(0.5)  # its exit, traced
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "vmtrace.stderr").read_text()
+    assert rc == 0, tail(stderr)
+    me = json.loads(out.read_text())
+    records = read_jsonl(log)
+    assert max_peak(records, me["pid"]) == me["vm_peak_kb"], tail(stderr)
+    assert proc.pid not in {r.get("pid") for r in records}
