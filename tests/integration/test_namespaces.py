@@ -26,6 +26,7 @@ from tests.integration._require import require
 from tests.integration.conftest import (
     REPO_ROOT,
     RUN_TIMEOUT_S,
+    build_c,
     max_peak,
     of,
     read_jsonl,
@@ -37,6 +38,8 @@ from tests.integration.conftest import (
 from vmtrace.cgroups import cgroup2_mounts
 
 pytestmark = pytest.mark.bpf
+
+PRODLOAD_SRC = Path(__file__).resolve().parent / "prodload.c"
 
 # Waits for GO to exist, maps and touches 64 MiB, reports itself, unmaps, exits.
 WORKLOAD = """
@@ -267,3 +270,56 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
     records = read_jsonl(log)
     assert max_peak(records, me["pid"]) == me["vm_peak_kb"], tail(stderr)
     assert proc.pid not in {r.get("pid") for r in records}
+
+
+# Runs `prodload big 100`, then has the next fork take the PID it had (ns_last_pid: the
+# PID namespace is new, so nothing else forks there but this shell and vmtrace's threads,
+# hence the retries) and runs `prodload big 40` under it.
+REUSE = r"""
+"$0" big 100 > "$1/a.json" || exit 1
+pid=$(sed -n 's/.*"pid":\([0-9]*\),.*/\1/p' "$1/a.json")
+for attempt in 1 2 3 4 5; do
+    echo $((pid - 1)) > /proc/sys/kernel/ns_last_pid || exit 2
+    "$0" big 40 > "$1/b.json" || exit 1
+    grep -q "\"pid\":$pid," "$1/b.json" && exit 0
+done
+exit 7
+"""
+
+
+@pytest.fixture(scope="module")
+def prodload(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_c(PRODLOAD_SRC, tmp_path_factory.mktemp("prodload"))
+
+
+def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
+    """GIVEN `vmtrace run --follow` inside a new PID namespace, of a script that runs a
+    workload mapping 100 MiB, then another mapping 40 MiB under the same PID (really
+    reused: ns_last_pid)
+    WHEN both have exited
+    THEN that PID has an exit record for each, each with the final VmPeak its own process
+    read, and the second's peaks are its own, not judged against the first's."""
+    unshare = _unshare()
+    log = tmp_path / "log.jsonl"
+    vmt = [sys.executable, "-m", "vmtrace", "run", "--follow", "-o", str(log), "--"]
+    cmd = [unshare, "--pid", "--fork", "--mount-proc", *vmt, "/bin/sh", "-c", REUSE]
+    res = subprocess.run(
+        [*cmd, str(prodload), str(tmp_path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=vmtrace_env(),
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert res.returncode == 0, tail(res.stderr)
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert a["pid"] == b["pid"], "the PID was not reused"
+    records = read_jsonl(log)
+    exits = of(records, "exit", a["pid"])
+    assert exits[0]["vm_peak_kb"] == a["vm_peak_kb"]
+    assert exits[-1]["vm_peak_kb"] == b["vm_peak_kb"] < a["vm_peak_kb"]
+    first_exit = records.index(exits[0])
+    later_peaks = [r for r in of(records[first_exit:], "peak", a["pid"])]
+    assert later_peaks and max(r["vm_peak_kb"] for r in later_peaks) == b["vm_peak_kb"]
