@@ -14,8 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from vmtrace.records import MappedFile
-from vmtrace.unwind.types import UserStack
+from vmtrace.records import MappedFile, UserStack
 
 COMM_LEN = 16
 NARGS = 6

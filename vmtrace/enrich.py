@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
-from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Mapping
+from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Frame, Mapping, UserStack
 from vmtrace.shadow import ShadowMap
 from vmtrace.syscalls import (
     MAP_ANONYMOUS,
@@ -26,7 +26,6 @@ from vmtrace.syscalls import (
     prot_letters,
     syscall_name,
 )
-from vmtrace.unwind import Frame, UserStack
 
 MapsReader = Callable[[int], list[Mapping]]
 MAX_FRAMES = 64

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from vmtrace.unwind import Frame
+from vmtrace.records import Frame
 
 FrameRecord = dict[str, Any]
 

@@ -32,9 +32,8 @@ from typing import Any, cast
 
 from vmtrace.errors import LogFormatError
 from vmtrace.frames import frame_record, legacy_frame
-from vmtrace.records import Change, ChangeKind, Mapping, ProcStatus
+from vmtrace.records import Change, ChangeKind, Frame, Mapping, ProcStatus
 from vmtrace.schema import SCHEMA_VERSION
-from vmtrace.unwind import Frame
 
 Record = dict[str, Any]
 Warn = Callable[[str], None]

@@ -38,11 +38,10 @@ from vmtrace.logread import (
     parse_mapping,
     status_from_record,
 )
-from vmtrace.records import UNNAMED_FILE, Change, Mapping, ProcStatus
+from vmtrace.records import UNNAMED_FILE, Change, Frame, Mapping, ProcStatus
 from vmtrace.shadow import ShadowMap
 from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
-from vmtrace.unwind import Frame
 
 # Groups of the address space, in the order reports list them.
 HEAP = "heap"

@@ -267,6 +267,7 @@ def test_inspect_target_on_a_fake_proc(tmp_path: Path) -> None:
         cmdline=("python3", "job.py", "--big"),
         start_time=4242,
         threads={77: "python3", 78: "worker 1"},
+        ns_pids=(7675,),  # STATUS_CAT's NSpid line
     )
 
 

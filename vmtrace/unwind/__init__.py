@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vmtrace.unwind.types import Frame, UserStack
+from vmtrace.records import Frame, UserStack
 
 if TYPE_CHECKING:
     from vmtrace.unwind.unwinder import Unwinder

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from vmtrace.procfs import parse_maps
-from vmtrace.records import Mapping
+from vmtrace.records import Frame, Mapping, UserStack
 from vmtrace.unwind.elf import DEBUG_ROOT, ObjectCache
-from vmtrace.unwind.types import Frame, UserStack
 from vmtrace.unwind.unwinder import Unwinder
 
 SOURCE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "unwind" / "stackshot.c"

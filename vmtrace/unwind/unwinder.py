@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vmtrace.records import Mapping
+from vmtrace.records import Frame, Mapping, UserStack
 from vmtrace.unwind.cfi import MASK64, NREGS, RBP, RIP, RSP, step
 from vmtrace.unwind.elf import DEBUG_ROOT, LoadedObject, ObjectCache, default_cache_dir
-from vmtrace.unwind.types import Frame, UserStack
 
 
 class _Snapshot:
