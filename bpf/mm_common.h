@@ -75,8 +75,8 @@ static __always_inline u32 vmt_read_u32(u64 addr)
  * (bpf_get_current_pid_tgid, task->tgid) are the host's. A task outside that namespace's
  * subtree has no number there: 0, never traced. */
 #ifdef VMT_PIDNS_INO
-/* deeper nesting below vmtrace's namespace than this is not followed */
-#define VMT_PIDNS_MAX_LEVEL 8
+/* namespaces nested deeper than this (counting from the host's) are not followed */
+#define VMT_PIDNS_MAX_LEVEL 4
 
 static __always_inline u64 vmt_current_ids(void)
 {
@@ -86,22 +86,22 @@ static __always_inline u64 vmt_current_ids(void)
 	return (u64)ns.tgid << 32 | ns.pid;
 }
 
-/* struct pid's number in vmtrace's namespace: its upid whose namespace has that inode */
+/* struct pid's number in vmtrace's namespace: its upid whose namespace has that inode.
+ * No early exit: a loop of constant trip count is unrolled, which older verifiers need. */
 static __always_inline u32 vmt_pid_nr(u64 pid)
 {
 	if (!pid)
 		return 0;
 	u32 level = vmt_read_u32(pid + VMT_OFF_PID_LEVEL);
+	u32 nr = 0;
 #pragma unroll
 	for (u32 i = 0; i < VMT_PIDNS_MAX_LEVEL; i++) {
-		if (i > level)
-			break;
 		u64 up = pid + VMT_OFF_PID_NUMBERS + i * VMT_OFF_UPID_SIZE;
-		u64 ns = vmt_read_u64(up + VMT_OFF_UPID_NS);
+		u64 ns = i <= level ? vmt_read_u64(up + VMT_OFF_UPID_NS) : 0;
 		if (ns && vmt_read_u32(ns + VMT_OFF_PIDNS_INUM) == VMT_PIDNS_INO)
-			return vmt_read_u32(up + VMT_OFF_UPID_NR);
+			nr = vmt_read_u32(up + VMT_OFF_UPID_NR);
 	}
-	return 0;
+	return nr;
 }
 
 static __always_inline u32 vmt_task_tid(u64 task)

@@ -70,13 +70,12 @@ def _unshare() -> str:
     return path
 
 
-def _wait_for(path: Path, what: str, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for(path: Path, what: str, proc: subprocess.Popen[bytes], stderr: Path) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not path.exists() or path.stat().st_size == 0:
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: the namespace's processes ended first", pytrace=False)
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: timed out", pytrace=False)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            why = "timed out" if proc.poll() is None else f"vmtrace ended first ({proc.poll()})"
+            pytest.fail(f"{what}: {why}\n{tail(stderr.read_text())}", pytrace=False)
         time.sleep(0.05)
 
 
@@ -110,7 +109,7 @@ def test_minus_p_inside_a_pid_namespace_traces_the_namespaces_pid(tmp_path: Path
             env=vmtrace_env(),
         )
     try:
-        _wait_for(log, "vmtrace's start record", proc)
+        _wait_for(log, "vmtrace's start record", proc, tmp_path / "vmtrace.stderr")
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while _start_record(log) is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -251,12 +250,12 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
             env=vmtrace_env(),
         )
     try:
-        _wait_for(log, "vmtrace's start record", proc)
+        _wait_for(log, "vmtrace's start record", proc, tmp_path / "vmtrace.stderr")
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while _start_record(log) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         go.touch()
-        _wait_for(out, "the workload's report", proc)
+        _wait_for(out, "the workload's report", proc, tmp_path / "vmtrace.stderr")
         time.sleep(0.5)  # its exit, traced
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=RUN_TIMEOUT_S)
