@@ -57,8 +57,10 @@ class PeakEngine:
         return list(self._procs)
 
     def expected_vm_peak_kb(self, pid: int) -> int | None:
+        """None until something said (every process with an address space has VmPeak > 0:
+        0 is a process that exited before /proc or a record could tell)."""
         p = self._procs.get(pid)
-        return p.vm_peak_kb if p else None
+        return p.vm_peak_kb or None if p else None
 
     def explain(self, change: Change) -> Explained:
         p = self._procs.get(change.pid)

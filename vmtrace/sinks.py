@@ -451,6 +451,11 @@ class ConsoleSink:
             f"--- vmtrace summary ({rec['reason']}; {rec['events']} events, {rec['lost']} lost)"
         ]
         for s in rec["summary"]:
+            if not s["vm_peak_kb"]:
+                lines.append(
+                    f"pid {s['pid']} {s['comm']}: VmPeak unknown (it exited before tracing began)"
+                )
+                continue
             lines.append(
                 f"pid {s['pid']} {s['comm']}: VmPeak {human_kb(s['vm_peak_kb'])} "
                 f"[{s['vm_peak_kb']} kB], {s['peaks']} new peaks, {s['latches']} latches"
