@@ -26,6 +26,10 @@ from vmtrace.records import (
 )
 
 TOP_CAUSES = 5
+# (cause, mapping) keys of what VmPeak is made of besides its rises
+ATTACHED = ("(VmPeak when vmtrace attached)", "")
+MISMATCH_FIX = ("(corrected by a mismatch sample)", "")
+EXIT_FIX = ("(corrected by the kernel's VmPeak at exit)", "")
 
 
 @dataclass
@@ -36,6 +40,7 @@ class _Process:
     peaks: int = 0
     latches: int = 0
     contributions: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    rises: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     disagreed_last_sample: bool = False
     vm_hwm_kb: int = 0
     hwm_set_by: Explained | None = None
@@ -51,7 +56,9 @@ class PeakEngine:
 
     def start(self, pid: int, comm: str, status: ProcStatus | None) -> None:
         """Begin following `pid`; `status` is /proc/PID/status read once the probes were on."""
-        self._procs[pid] = _Process(comm=comm, vm_peak_kb=status.vm_peak_kb if status else 0)
+        p = self._procs[pid] = _Process(comm=comm, vm_peak_kb=status.vm_peak_kb if status else 0)
+        if status is not None:
+            p.contributions[ATTACHED] = status.vm_peak_kb
 
     def pids(self) -> list[int]:
         return list(self._procs)
@@ -89,14 +96,16 @@ class PeakEngine:
             before = p.vm_peak_kb
             p.vm_peak_kb = now
             p.contributions.clear()
+            p.rises.clear()
             p.comm = change.comm
             p.disagreed_last_sample = False
             p.vm_hwm_kb = 0
             self._raise_hwm(p, change)
             p.hwm_set_by = None
-            explained = Explained("exec", change, before, now)
+            explained = Explained("exec", change, before, now, new_high=True)
             p.set_by = explained
             p.contributions[("execve", "[exec image]")] = now
+            p.rises[("execve", "[exec image]")] = 1
             return explained
 
         # The kernel side tracks the peak per mm while holding mmap_lock, so its
@@ -112,16 +121,19 @@ class PeakEngine:
             return Explained(_classify(change, before, after), change, before, after)
         if change.ts_ns >= p.hwm_reset_ns and change.hwm_kb > p.vm_hwm_kb:
             self._raise_hwm(p, change)
-        is_highest = after >= p.vm_peak_kb
-        p.vm_peak_kb = max(p.vm_peak_kb, after)
         rtype = _classify(change, before, after)
-        explained = Explained(rtype, change, before, after)
+        # A peak that arrives after a higher one (records of two threads can come out of
+        # order) is a rise of its own, but not the one that set VmPeak.
+        new_high = rtype == "peak" and after >= p.vm_peak_kb
+        p.vm_peak_kb = max(p.vm_peak_kb, after)
+        explained = Explained(rtype, change, before, after, new_high)
         if rtype == "peak":
             p.peaks += 1
-            if is_highest:
+            if new_high:
                 p.set_by = explained
             where = change.mapping.path if change.mapping else "?"
             p.contributions[(change.cause, where)] += after - before
+            p.rises[(change.cause, where)] += 1
         elif rtype == "latch":
             p.latches += 1
         return explained
@@ -143,13 +155,6 @@ class PeakEngine:
             return None
         return p.vm_hwm_kb
 
-    def final_hwm(self, pid: int, vm_hwm_kb: int) -> None:
-        """The kernel's VmHWM at exit (taskstats): the process's last word, above records
-        that only read RSS at address-space changes, below them after a reset."""
-        p = self._procs.get(pid)
-        if p is not None and vm_hwm_kb != p.vm_hwm_kb:
-            p.vm_hwm_kb = vm_hwm_kb
-            p.hwm_set_by = None
 
     def vm_hwm_kb(self, pid: int) -> int | None:
         p = self._procs.get(pid)
@@ -186,13 +191,41 @@ class PeakEngine:
         mismatch = not match and p.disagreed_last_sample
         p.disagreed_last_sample = not match and not mismatch
         if mismatch:
-            p.vm_peak_kb = status.vm_peak_kb
+            self._correct(p, status.vm_peak_kb, MISMATCH_FIX)
         return SampleCheck(ts_ns, pid, status, expected, match, mismatch)
+
+    def final(self, pid: int, vm_peak_kb: int, vm_hwm_kb: int) -> None:
+        """The kernel's final VmPeak and VmHWM at exit (taskstats): the process's last
+        word. Above the records (a change they missed) or below, it is what VmPeak was."""
+        p = self._procs.get(pid)
+        if p is None:
+            return
+        self._correct(p, vm_peak_kb, EXIT_FIX)
+        if vm_hwm_kb != p.vm_hwm_kb:
+            p.vm_hwm_kb = vm_hwm_kb
+            p.hwm_set_by = None
+
+    @staticmethod
+    def _correct(p: _Process, vm_peak_kb: int, why: tuple[str, str]) -> None:
+        """The kernel's own VmPeak replaces the rebuilt one; the causes say by how much."""
+        fix = vm_peak_kb - p.vm_peak_kb
+        if fix:
+            p.contributions[why] += fix
+            p.vm_peak_kb = vm_peak_kb
+
+    def causes(self, pid: int) -> list[Contributor]:
+        """What the final VmPeak is made of: each rise by (cause, mapping), the VmPeak at
+        attach and the kernel's corrections, largest first; they add up to VmPeak."""
+        p = self._procs.get(pid)
+        if p is None:
+            return []
+        ranked = sorted(p.contributions.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [Contributor(c, m, kb, p.rises.get((c, m), 0)) for (c, m), kb in ranked if kb]
 
     def summary(self) -> list[ProcessSummary]:
         out = []
         for pid, p in self._procs.items():
-            top = sorted(p.contributions.items(), key=lambda kv: -kv[1])[:TOP_CAUSES]
+            top = [c for c in self.causes(pid) if c.kb > 0][:TOP_CAUSES]
             out.append(
                 ProcessSummary(
                     pid=pid,
@@ -201,7 +234,7 @@ class PeakEngine:
                     set_by=p.set_by,
                     peaks=p.peaks,
                     latches=p.latches,
-                    top_causes=tuple(Contributor(c, m, kb) for (c, m), kb in top if kb > 0),
+                    top_causes=tuple(top),
                     vm_hwm_kb=p.vm_hwm_kb,
                     hwm_set_by=p.hwm_set_by,
                     lost=p.lost,

@@ -12,9 +12,9 @@ What it forgives and what it refuses (docs/offline.md):
 - anything else that is wrong is a `LogFormatError` naming the line: not JSON, not an object,
   a field of the wrong type, a `start.version` newer than `SCHEMA_VERSION`.
 
-Version 1 logs are read too: their only difference is the `stack` of change records, a list of
-symbolised strings, which the reader turns into frame objects (`function` the string, no module)
-so that every offline tool sees version 2 records.
+Older logs are read too. Version 1's `stack` of change records is a list of symbolised strings,
+which the reader turns into frame objects (`function` the string, no module); version 2 has no
+`kernel_peak_kb_before`, for which its `vm_peak_kb_before` stands.
 
 `change_from_record` turns a change record back into the `records.Change` the live tracer fed
 the engine, so `vmtrace.engine.PeakEngine` explains a log offline exactly as it did live.
@@ -387,7 +387,8 @@ def _change(rec: MappingABC[str, Any]) -> Change:
         hiwater_vm_kb_after=rec["hiwater_vm_kb"],
         stack_vm_kb_before=rec.get("stack_vm_kb_before") or 0,
         stack_vm_kb_after=rec.get("stack_vm_kb_after") or 0,
-        kernel_peak_kb_before=rec["vm_peak_kb_before"],
+        # the kernel's fact where the log has it; older logs only the engine's judgement
+        kernel_peak_kb_before=rec.get("kernel_peak_kb_before", rec["vm_peak_kb_before"]),
         mapping=_mapping(mapping, "mapping") if mapping is not None else None,
         stack=_stack(rec.get("stack")),
     )

@@ -127,9 +127,11 @@ class Explained:
     change: Change
     vm_peak_kb_before: int
     vm_peak_kb: int
+    new_high: bool = False  # a peak at or above every earlier one: it sets the final VmPeak
 
     @property
-    def peak_delta_kb(self) -> int:
+    def rise_kb(self) -> int:
+        """How much VmPeak rose (a change's own size is `change.delta_kb`)."""
         return self.vm_peak_kb - self.vm_peak_kb_before
 
 
@@ -150,6 +152,7 @@ class Contributor:
     cause: str
     mapping: str
     kb: int
+    peaks: int = 0  # how many new peaks rose by this cause and mapping
 
 
 @dataclass(frozen=True, slots=True)

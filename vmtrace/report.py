@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vmtrace.engine import PeakEngine
+from vmtrace.engine import ATTACHED, EXIT_FIX, MISMATCH_FIX, PeakEngine
 from vmtrace.errors import LogFormatError, UsageError
 from vmtrace.frames import describe_frame, legacy_frame, short_frame
 from vmtrace.logread import (
@@ -71,6 +71,8 @@ GROUP_HELP = {
 }
 THREAD_STACK_PATH = "[thread stack]"
 UNEXPLAINED = "(not in the records)"
+# the engine's causes that are no rise of a call: no call site or chain of their own
+NOT_RISES = frozenset(k[0] for k in (ATTACHED, MISMATCH_FIX, EXIT_FIX))
 TOP_ITEMS = 8
 TOP_CAUSES = 10
 STACK_FRAMES = 6
@@ -474,7 +476,6 @@ class _Proc:
     max_rss: int | None = None
     by_site: dict[tuple[str, CallSite], list[int]] = field(default_factory=dict)
     by_chain: dict[tuple[str, CallSite], list[int]] = field(default_factory=dict)
-    by_map: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     attach_snapshot: Snapshot | None = None
     attach_line: int | None = None
     attach_ts: int | None = None
@@ -620,6 +621,9 @@ class ReportBuilder:
             p.exited = True
             if rec.get("vm_peak_kb") is not None:
                 p.logged_final = rec["vm_peak_kb"]
+            kernel = rec.get("taskstats")
+            if isinstance(kernel, dict):  # the kernel's last word, as live
+                self.engine.final(pid, kernel["hiwater_vm_kb"], kernel["hiwater_rss_kb"])
             self._on_exit_hwm(p, rec)
 
     def _on_start(self, rec: Record) -> None:
@@ -649,11 +653,6 @@ class ReportBuilder:
         p.attach_line = self.line
         p.attach_ts = rec["ts_ns"]
         p.prev_groups = dict(p.attach_snapshot.groups)
-        if status is not None:
-            key = "(VmPeak when vmtrace attached)"
-            p.by_site[(key, ())] = [status.vm_peak_kb, 0]
-            p.by_chain[(key, ())] = [status.vm_peak_kb, 0]
-            p.by_map[(key, "")] = [status.vm_peak_kb, 0]
 
     def _on_change(self, rec: Record) -> None:
         try:
@@ -666,7 +665,6 @@ class ReportBuilder:
         p = self._proc(c.pid, c.comm)
         if c.kind == "fork":
             self._on_fork(p, rec)
-        highest = self.engine.expected_vm_peak_kb(c.pid)
         e = self.engine.explain(c)
         if e.type != rec["type"] or e.vm_peak_kb != rec["vm_peak_kb"]:
             self.disagreements += 1
@@ -694,7 +692,6 @@ class ReportBuilder:
             p.execs += 1
             p.by_site.clear()
             p.by_chain.clear()
-            p.by_map.clear()
             p.start_vm_peak_kb = None
             new = {}
         else:
@@ -719,25 +716,20 @@ class ReportBuilder:
         p.timeline.add(entry)
         p.since_previous = 0
         p.prev_groups = dict(snap.groups)
-        # As the engine decides: a peak that arrives after a higher one (records of two
-        # threads can come out of order) does not set the final VmPeak.
-        if e.type == "exec" or highest is None or e.vm_peak_kb >= highest:
+        if e.new_high:
             p.set_by = entry
             p.set_by_snapshot = snap
             p.set_by_line = self.line
         if e.type == "exec":
             site: tuple[str, CallSite] = ("execve", EXEC_SITE)
             chain = site
-            mkey = ("execve", "[exec image]")
             rise = e.vm_peak_kb
         else:
             site = (c.cause, call_site(c.stack))
             chain = (c.cause, call_chain(c.stack))
-            mkey = (c.cause, c.mapping.path if c.mapping else "?")
-            rise = e.vm_peak_kb - e.vm_peak_kb_before
+            rise = e.rise_kb
         _add(p.by_site, site, rise)
         _add(p.by_chain, chain, rise)
-        _add(p.by_map, mkey, rise)
 
     def _on_fork(self, child: _Proc, rec: Record) -> None:
         """A traced child: its mm starts as a copy of its parent's."""
@@ -791,18 +783,10 @@ class ReportBuilder:
         pid = rec["pid"]
         status = status_from_record(rec)
         p = self._proc(pid, rec.get("comm"))
-        before = self.engine.expected_vm_peak_kb(pid)
         check = self.engine.check_sample(rec["ts_ns"], pid, status)
         p.samples += 1
         if check.mismatch:
             p.mismatches += 1
-            after = self.engine.expected_vm_peak_kb(pid) or 0
-            fix = after - (before or 0)
-            if fix:
-                key = "(corrected by a mismatch sample)"
-                _add(p.by_site, (key, ()), fix, 0)
-                _add(p.by_chain, (key, ()), fix, 0)
-                _add(p.by_map, (key, ""), fix, 0)
         p.max_rss = max(p.max_rss or 0, status.vm_rss_kb)
         if p.last_hwm is None or status.vm_hwm_kb != p.last_hwm:
             p.hwm.add(
@@ -875,13 +859,20 @@ class ReportBuilder:
         if not final:  # no record of it but the start (a log cut short)
             status = self.target_status.get(p.pid)
             final = p.start_vm_peak_kb or (status.vm_peak_kb if status else 0)
-        # Whatever the records do not explain (lost records, peaks the kernel kept to itself)
-        # is its own line: the contributions always add up to the final VmPeak.
-        missing = final - sum(v[0] for v in p.by_site.values())
+        # The engine's causes by mapping: each new peak's rise, the VmPeak at attach and
+        # the kernel's corrections (grouped by call site and chain here, where they are
+        # not rises). Whatever the records do not explain (lost records, peaks the kernel
+        # kept to itself) is its own line: the causes always add up to the final VmPeak.
+        by_map = {(c.cause, c.mapping): [c.kb, c.peaks] for c in self.engine.causes(p.pid)}
+        for (cause, _), (kb, _) in by_map.items():
+            if cause in NOT_RISES:
+                _add(p.by_site, (cause, ()), kb, 0)
+                _add(p.by_chain, (cause, ()), kb, 0)
+        missing = final - sum(v[0] for v in by_map.values())
         if missing:
             _add(p.by_site, (UNEXPLAINED, ()), missing, 0)
             _add(p.by_chain, (UNEXPLAINED, ()), missing, 0)
-            _add(p.by_map, (UNEXPLAINED, ""), missing, 0)
+            by_map[(UNEXPLAINED, "")] = [missing, 0]
         return ProcessReport(
             pid=p.pid,
             comm=p.comm,
@@ -903,11 +894,11 @@ class ReportBuilder:
                 for (c, site), (kb, n) in p.by_site.items()
             ),
             by_mapping=_top(
-                (Cause(c, where, kb, n), kb) for (c, where), (kb, n) in p.by_map.items()
+                (Cause(c, where, kb, n), kb) for (c, where), (kb, n) in by_map.items()
             ),
             causes_more_kb=(
                 _rest(v[0] for v in p.by_site.values()),
-                _rest(v[0] for v in p.by_map.values()),
+                _rest(v[0] for v in by_map.values()),
             ),
             composition=self._composition(p, final),
             replay_lost_track=p.space.lost_track,

@@ -1,4 +1,4 @@
-"""The JSONL log records (docs/log-schema.md, version 2), built from engine output.
+"""The JSONL log records (docs/log-schema.md, version 3), built from engine output.
 
 Every sink renders these dicts, the console included, so what is printed and what is
 logged cannot disagree.
@@ -16,7 +16,10 @@ from vmtrace.records import Explained, Mapping, ProcessSummary, ProcStatus, Samp
 from vmtrace.units import WallClock
 
 # 2: `stack` is a list of frame objects (version 1: a list of strings)
-SCHEMA_VERSION = 2
+# 3: change records carry the kernel's `kernel_peak_kb_before` and the engine's `new_high`;
+#    `end.summary[].set_by.delta_kb` is the change's size (as in every record), `rise_kb`
+#    VmPeak's rise (version 2 had the rise in `delta_kb`)
+SCHEMA_VERSION = 3
 Record = dict[str, Any]
 
 
@@ -143,6 +146,9 @@ def explained_record(e: Explained, clock: WallClock) -> Record:
         ret=ret,
         delta_kb=c.delta_kb,
         vm_peak_kb_before=e.vm_peak_kb_before,
+        # the kernel side's own per-mm peak before the change: what a replay judges from
+        kernel_peak_kb_before=c.kernel_peak_kb_before,
+        new_high=e.new_high,
         hiwater_vm_kb_before=c.hiwater_vm_kb_before,
         stack_vm_kb_before=c.stack_vm_kb_before,
         stack_vm_kb_after=c.stack_vm_kb_after,
@@ -328,7 +334,8 @@ def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
             "comm": c.comm,
             "cause": c.cause,
             "type": s.set_by.type,
-            "delta_kb": s.set_by.peak_delta_kb,
+            "delta_kb": c.delta_kb,
+            "rise_kb": s.set_by.rise_kb,
             "mapping": mapping_dict(c.mapping) if c.mapping else None,
         }
     hwm_set_by = None
@@ -340,7 +347,7 @@ def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
             "tid": h.tid,
             "comm": h.comm,
             "cause": h.cause,
-            "delta_kb": h.hwm_kb - h.hwm_kb_before,
+            "rise_kb": h.hwm_kb - h.hwm_kb_before,
         }
     return {
         "pid": s.pid,

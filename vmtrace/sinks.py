@@ -478,12 +478,12 @@ class ConsoleSink:
                 where = f" {sb['mapping']['path']}" if sb.get("mapping") else ""
                 lines.append(
                     f"  set by {sb['cause']}{where} in tid {sb['tid']} {sb['comm']} at "
-                    f"{sb['time']} (+{human_kb(sb['delta_kb'])})"
+                    f"{sb['time']} (+{human_kb(sb['rise_kb'])})"
                 )
             if s["top_causes"]:
                 lines.append("  largest contributors to the peak:")
                 lines += [
-                    f"    {human_kb(c['kb']):>10}  {c['cause']}  {c['mapping']}"
+                    f"    {human_kb(c['kb']):>10}  {c['cause']}  {c['mapping']}".rstrip()
                     for c in s["top_causes"]
                 ]
         untraced = rec.get("untraced_children")

@@ -555,9 +555,10 @@ class Tracer:
     def _hwm_tolerance_kb(self) -> int:
         return max(1024, self.opts.hwm_step // 1024)
 
-    def _final_hwm(self, ts: int, pid: int, target: _Target, final: TaskStat) -> None:
-        """The kernel's VmHWM at exit ends the engine's; lower than the records said, it
-        fell after the last sample (or none was taken: a short run, a reader behind)."""
+    def _final(self, ts: int, pid: int, target: _Target, final: TaskStat) -> None:
+        """The kernel's VmPeak and VmHWM at exit end the engine's; VmHWM lower than the
+        records said fell after the last sample (or none was taken: a short run, a reader
+        behind)."""
         if self.opts.hwm_step:
             tolerance = self._hwm_tolerance_kb()
             before = self.engine.hwm_fall(pid, ts, final.hiwater_rss_kb, tolerance)
@@ -566,7 +567,7 @@ class Tracer:
                     self.clock, ts, pid, target.info.comm, before, final.hiwater_rss_kb, None
                 )
                 self._emit(rec)
-        self.engine.final_hwm(pid, final.hiwater_rss_kb)
+        self.engine.final(pid, final.hiwater_vm_kb, final.hiwater_rss_kb)
 
     def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int]:
         """/proc/PID/status, read when the events can agree with it: a change made before
@@ -661,8 +662,9 @@ class Tracer:
                     self._kernel_exit[rec.pid] = rec
         final: TaskStat | None = self._kernel_exit.pop(pid) if pid in self._kernel_exit else None
         kernel = None
+        expected = self.engine.expected_vm_peak_kb(pid)  # from the events, before the kernel's
         if final is not None:
-            self._final_hwm(ts_ns, pid, target, final)
+            self._final(ts_ns, pid, target, final)
             kernel = {
                 "hiwater_vm_kb": final.hiwater_vm_kb,
                 "hiwater_rss_kb": final.hiwater_rss_kb,
@@ -678,7 +680,7 @@ class Tracer:
                 ts_ns,
                 pid,
                 target.info.comm,
-                self.engine.expected_vm_peak_kb(pid),
+                expected,
                 source,
                 target.last,
                 exit_status,

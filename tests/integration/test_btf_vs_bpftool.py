@@ -144,6 +144,7 @@ def test_every_btf_offset_matches_bpftool(raw_types: dict[int, RawType]) -> None
         assert getattr(offsets, field) == bits // 8, f"{field} ({struct_name}.{member})"
     pt_regs = raw_types[_struct(raw_types, "pt_regs")]
     assert offsets.pt_regs_size == int(pt_regs.attrs["size"])
+    assert offsets.upid_size == int(raw_types[_struct(raw_types, "upid")].attrs["size"])
     # The RSS counter layout: percpu_counter array (6.2+) or mm_rss_stat's atomic_long_t array.
     if any(r.kind == "STRUCT" and r.name == "mm_rss_stat" for r in raw_types.values()):
         assert (offsets.rss_stride, offsets.rss_count) == (8, 0)
@@ -155,6 +156,7 @@ def test_every_btf_offset_matches_bpftool(raw_types: dict[int, RawType]) -> None
     # Every field is checked: the BTF ones above, the config-derived ones by their range.
     checked = set(EXPECTED_MEMBERS) | {
         "pt_regs_size",
+        "upid_size",
         "thread_size",
         "stack_top_padding",
         "rss_stride",

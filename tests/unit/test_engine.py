@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmtrace.engine import PeakEngine
+from vmtrace.engine import ATTACHED, EXIT_FIX, MISMATCH_FIX, PeakEngine
 from vmtrace.records import Change, ChangeKind, Contributor, Mapping, ProcStatus
 
 PID = 4242
@@ -169,7 +169,7 @@ def test_growth_past_the_peak_is_a_peak_with_exact_before_and_after() -> None:
     assert e.type == "peak"
     assert e.vm_peak_kb_before == 10_000
     assert e.vm_peak_kb == 75_536
-    assert e.peak_delta_kb == 65_536
+    assert e.rise_kb == 65_536
     assert eng.expected_vm_peak_kb(PID) == 75_536
 
 
@@ -272,7 +272,7 @@ def test_kernel_peak_before_higher_than_engines_is_respected() -> None:
     e = eng.explain(tl.grow(25_000, kernel_peak_before=40_000))
     assert e.type == "peak"
     assert (e.vm_peak_kb_before, e.vm_peak_kb) == (40_000, 45_000)
-    assert e.peak_delta_kb == 5000
+    assert e.rise_kb == 5000
 
 
 def test_kernel_peak_before_higher_without_growth_past_it_is_not_a_peak() -> None:
@@ -435,7 +435,8 @@ def test_summary_set_by_is_the_last_peak_and_top_causes_sum_increments() -> None
     peak by mmap [anon] +6000 (grow), then peaks by mmap [anon] +3000 (total 19000; the
     increment over 16000 is 3000) and by mmap /data.bin +100
     THEN set_by is the last peak (/data.bin, +100), peaks 4, latches 1, and top causes are
-    (brk, [heap], 5000), (mmap, [anon], 4000), (mmap, /data.bin, 100), largest first."""
+    the VmPeak at attach (10000), (brk, [heap], 5000), (mmap, [anon], 4000), (mmap, /data.bin,
+    100), largest first: they add up to VmPeak."""
     eng, tl = started(10_000)
     eng.explain(tl.grow(1000, "mmap", "[anon]"))
     eng.explain(tl.grow(5000, "brk", "[heap]"))
@@ -451,10 +452,12 @@ def test_summary_set_by_is_the_last_peak_and_top_causes_sum_increments() -> None
     assert s.set_by is last
     assert (s.peaks, s.latches) == (4, 1)
     assert s.top_causes == (
-        Contributor("brk", "[heap]", 5000),
-        Contributor("mmap", "[anon]", 4000),
-        Contributor("mmap", "/data.bin", 100),
+        Contributor(*ATTACHED, 10_000),
+        Contributor("brk", "[heap]", 5000, peaks=1),
+        Contributor("mmap", "[anon]", 4000, peaks=2),
+        Contributor("mmap", "/data.bin", 100, peaks=1),
     )
+    assert sum(c.kb for c in eng.causes(PID)) == s.vm_peak_kb
 
 
 def test_summary_contributions_are_reset_by_exec() -> None:
@@ -471,8 +474,8 @@ def test_summary_contributions_are_reset_by_exec() -> None:
     assert s.set_by is last
     assert s.comm == "newprog"
     assert s.top_causes == (
-        Contributor("execve", "[exec image]", 2000),
-        Contributor("mmap", "[anon]", 700),
+        Contributor("execve", "[exec image]", 2000, peaks=1),
+        Contributor("mmap", "[anon]", 700, peaks=1),
     )
     assert all(c.cause != "brk" for c in s.top_causes)
 
@@ -493,17 +496,17 @@ def test_summary_set_by_is_exec_until_the_next_peak() -> None:
 def test_summary_keeps_only_the_five_largest_causes() -> None:
     """GIVEN six peaks from six distinct files of 100..600 kB
     WHEN the summary is taken
-    THEN it lists the five largest, largest first."""
+    THEN it lists the five largest, largest first (the VmPeak at attach among them)."""
     eng, tl = started(1000)
     for i in range(1, 7):
         eng.explain(tl.grow(i * 100, "mmap", f"/f{i}"))
     (s,) = eng.summary()
     assert [(c.mapping, c.kb) for c in s.top_causes] == [
+        ("", 1000),
         ("/f6", 600),
         ("/f5", 500),
         ("/f4", 400),
         ("/f3", 300),
-        ("/f2", 200),
     ]
 
 
@@ -522,7 +525,8 @@ def test_summary_names_an_unmapped_cause_with_a_question_mark() -> None:
     )
     eng.explain(c)
     (s,) = eng.summary()
-    assert s.top_causes == (Contributor("syscall:io_setup", "?", 500),)
+    io_setup = Contributor("syscall:io_setup", "?", 500, peaks=1)
+    assert s.top_causes == (Contributor(*ATTACHED, 1000), io_setup)
 
 
 # -- VmHWM falls ------------------------------------------------------------------------
@@ -582,8 +586,27 @@ def test_the_kernels_vmhwm_at_exit_ends_the_engines() -> None:
     THEN the summary says the kernel's, and a later (lower) one after a reset too."""
     eng, tl = started(1000)
     eng.explain(hwm_record(tl, 10_000))
-    eng.final_hwm(PID, 300_000)
+    eng.final(PID, 1000, 300_000)
     (s,) = eng.summary()
     assert s.vm_hwm_kb == 300_000 and s.hwm_set_by is None
-    eng.final_hwm(PID, 2_000)
+    eng.final(PID, 1000, 2_000)
     assert eng.vm_hwm_kb(PID) == 2_000
+
+
+def test_the_kernels_vmpeak_at_exit_and_a_mismatch_are_causes_of_their_own() -> None:
+    """GIVEN a process at 1000 kB that peaks by mmap +500
+    WHEN a mismatch sample says 1700 and the exit's kernel VmPeak says 1800
+    THEN VmPeak is 1800 and its causes say where the 300 kB came from: they add up to it."""
+    eng, tl = started(1000)
+    eng.explain(tl.grow(500, "mmap", "[anon]"))
+    high = ProcStatus(vm_peak_kb=1700, vm_size_kb=1700, vm_hwm_kb=100, vm_rss_kb=100)
+    eng.check_sample(tl.ts + 1, PID, high)
+    assert eng.check_sample(tl.ts + 2, PID, high).mismatch
+    eng.final(PID, 1800, 900)
+    assert eng.expected_vm_peak_kb(PID) == 1800 and eng.vm_hwm_kb(PID) == 900
+    assert eng.causes(PID) == [
+        Contributor(*ATTACHED, 1000),
+        Contributor("mmap", "[anon]", 500, peaks=1),
+        Contributor(*MISMATCH_FIX, 200),
+        Contributor(*EXIT_FIX, 100),
+    ]

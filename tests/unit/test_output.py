@@ -172,6 +172,8 @@ def test_peak_record_is_exactly_as_documented(
         "ret": "0x7f1234000000",
         "delta_kb": 65_536,
         "vm_peak_kb_before": 10_000,
+        "kernel_peak_kb_before": 10_000,
+        "new_high": True,
         "hiwater_vm_kb_before": 0,
         "stack_vm_kb_before": 132,
         "stack_vm_kb_after": 132,
@@ -327,7 +329,7 @@ def test_session_records_have_null_pid(
 def test_start_record_fields(engine_and_records: tuple[PeakEngine, list[Explained]]) -> None:
     eng, recs = engine_and_records
     start = next(all_records(eng, recs))
-    assert start["version"] == schema.SCHEMA_VERSION == 2
+    assert start["version"] == schema.SCHEMA_VERSION == 3
     assert (start["vmtrace"], start["kernel"], start["backend"]) == (
         "0.1.0",
         "6.18.44",
@@ -391,12 +393,16 @@ def test_exit_and_end_records(engine_and_records: tuple[PeakEngine, list[Explain
     (s,) = end["summary"]
     assert (s["pid"], s["vm_peak_kb"], s["peaks"], s["latches"]) == (PID, 75_536, 1, 1)
     assert s["set_by"]["time"] == TS_ISO
-    assert (s["set_by"]["tid"], s["set_by"]["cause"], s["set_by"]["delta_kb"]) == (
+    assert (s["set_by"]["tid"], s["set_by"]["cause"], s["set_by"]["rise_kb"]) == (
         TID,
         "mmap",
         65_536,
     )
-    assert s["top_causes"] == [{"cause": "mmap", "mapping": "[anon]", "kb": 65_536}]
+    assert s["set_by"]["delta_kb"] == 65_536  # the mmap's own size: total_vm's change
+    assert s["top_causes"] == [
+        {"cause": "mmap", "mapping": "[anon]", "kb": 65_536},
+        {"cause": "(VmPeak when vmtrace attached)", "mapping": "", "kb": 10_000},
+    ]
 
 
 # -- console ------------------------------------------------------------------------------
@@ -559,6 +565,7 @@ def test_console_lost_exit_and_end(
         f"  set by mmap [anon] in tid 4243 job at {TS_ISO} (+64.00 MiB)",
         "  largest contributors to the peak:",
         "     64.00 MiB  mmap  [anon]",
+        "      9.77 MiB  (VmPeak when vmtrace attached)",
     ]
 
 
