@@ -12,9 +12,13 @@
  *   kernelload report           maps 4 MiB, reports its VmPeak and exits
  *   kernelload brk KIB COUNT    grows the heap COUNT times by KIB KiB with sbrk, then reports
  *   kernelload grow MIB         maps and touches MIB MiB at a time, for ever (until killed)
+ *   kernelload mremap-move      maps 1 MiB + 4 KiB at 512 KiB past a 2 MiB boundary with a
+ *                               page mapped right above it, so that mremap() to 96 MiB must
+ *                               move it; reports where it was and where it went
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -163,7 +167,29 @@ int main(int argc, char **argv)
 			report("grew", mib);
 		}
 	}
+	if (!strcmp(mode, "mremap-move")) {
+		const uintptr_t huge = 2 << 20;
+		size_t small = (1 << 20) + 4096, big = (size_t)96 << 20;
+		char *hole = mmap(NULL, 8 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (hole == MAP_FAILED)
+			return 1;
+		munmap(hole, 8 << 20);
+		char *want = (char *)((((uintptr_t)hole + huge - 1) & ~(huge - 1)) + (512 << 10));
+		int fixed = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
+		char *a = mmap(want, small, PROT_READ | PROT_WRITE, fixed, -1, 0);
+		char *guard = mmap(want + small, 4096, PROT_NONE, fixed, -1, 0);
+		if (a != want || guard != want + small)
+			return 1;
+		char *moved = mremap(a, small, big, MREMAP_MAYMOVE);
+		if (moved == MAP_FAILED || moved == a)
+			return 1;
+		printf("{\"what\": \"moved\", \"pid\": %d, \"old\": \"0x%" PRIxPTR "\", "
+		       "\"new\": \"0x%" PRIxPTR "\"}\n",
+		       getpid(), (uintptr_t)a, (uintptr_t)moved);
+		fflush(stdout);
+		return 0;
+	}
 	fprintf(stderr, "usage: kernelload readers N | execveat MIB | thread-exec MIB | report | "
-			"brk KIB COUNT | grow MIB\n");
+			"brk KIB COUNT | grow MIB | mremap-move\n");
 	return 2;
 }

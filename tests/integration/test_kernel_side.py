@@ -105,6 +105,18 @@ def test_every_exec_starts_the_peak_over(kernelload: Path, tmp_path: Path, how: 
     assert summary["vm_peak_kb"] == new["vm_peak_kb"]
 
 
+def test_a_moved_mremap_is_where_the_kernel_put_it(kernelload: Path, tmp_path: Path) -> None:
+    """GIVEN a 1 MiB + 4 KiB mapping 512 KiB past a 2 MiB boundary that cannot grow in place
+    WHEN it is mremap()ed to 96 MiB (a huge-page-sized move: the kernel places it by the old
+    mapping's page offset, not at the start of the free range it found)
+    THEN the mremap record's result and mapping are where mremap said it went."""
+    records, reports, _ = run_traced(tmp_path, command=[str(kernelload), "mremap-move"])
+    (moved,) = [r for r in reports if r["what"] == "moved"]
+    (rec,) = [r for r in records if r.get("pid") == moved["pid"] and r.get("cause") == "mremap"]
+    assert rec["ret"] == moved["new"], (rec["ret"], moved)
+    assert rec["mapping"]["start"] == moved["new"]
+
+
 def test_min_delta_sees_slow_growth(kernelload: Path, tmp_path: Path) -> None:
     """GIVEN a heap growing in 128 KiB brk steps to 320 MiB
     WHEN traced with --min-delta 64M
