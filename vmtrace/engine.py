@@ -30,6 +30,9 @@ TOP_CAUSES = 5
 ATTACHED = ("(VmPeak when vmtrace attached)", "")
 MISMATCH_FIX = ("(corrected by a mismatch sample)", "")
 EXIT_FIX = ("(corrected by the kernel's VmPeak at exit)", "")
+# what VmPeak rose by that no record shows (rises kept back by --min-delta, records lost,
+# a log cut short): the other causes add up to less
+UNSEEN = ("(not in the records)", "")
 
 
 @dataclass
@@ -48,6 +51,9 @@ class _Process:
     lost: int = 0  # the kernel side's count of this process's dropped records
     hwm_reset_ns: int = 0  # VmHWM was reset then: records made before say nothing of it
     hwm_raised_ns: int = 0  # when the record that last raised vm_hwm_kb was made
+    # --min-delta: the kernel side's per-mm peak, read at the samples: above vm_peak_kb by
+    # the rises it kept back since the last peak it sent
+    kernel_peak_kb: int = 0
 
 
 class PeakEngine:
@@ -67,7 +73,7 @@ class PeakEngine:
         """None until something said (every process with an address space has VmPeak > 0:
         0 is a process that exited before /proc or a record could tell)."""
         p = self._procs.get(pid)
-        return p.vm_peak_kb or None if p else None
+        return max(p.vm_peak_kb, p.kernel_peak_kb) or None if p else None
 
     def explain(self, change: Change) -> Explained:
         p = self._procs.get(change.pid)
@@ -80,6 +86,11 @@ class PeakEngine:
         if kind == "oom":
             # the victim's counters at the kill: facts about the end, not a change
             return Explained("oom", change, p.vm_peak_kb, p.vm_peak_kb)
+        if kind == "exit":
+            # the kernel's counters as the last thread left: what VmPeak ended at
+            before = p.vm_peak_kb
+            self.exit_counters(change.pid, now)
+            return Explained("exit", change, before, p.vm_peak_kb)
         if kind == "fork":
             # The child's own counters come with its baseline; this only says where it
             # came from.
@@ -104,6 +115,7 @@ class PeakEngine:
             p.hwm_set_by = None
             explained = Explained("exec", change, before, now, new_high=True)
             p.set_by = explained
+            p.kernel_peak_kb = 0  # the old mm's
             p.contributions[("execve", "[exec image]")] = now
             p.rises[("execve", "[exec image]")] = 1
             return explained
@@ -113,6 +125,10 @@ class PeakEngine:
         # change is sent at its syscall's exit, and threads exit in any order). Only
         # without it (a baseline) does the engine's own running maximum decide.
         before = change.kernel_peak_kb_before or p.vm_peak_kb
+        if change.folded_rises and p.vm_peak_kb and before > p.vm_peak_kb:
+            # --min-delta: this peak stands for the rises the kernel kept back since the
+            # last one it sent, and is credited with them all
+            before = p.vm_peak_kb
         after = max(before, now)
         if kind == "baseline" and change.mm_id:
             p.mm_id = change.mm_id
@@ -171,10 +187,11 @@ class PeakEngine:
 
     def note_kernel_peak(self, pid: int, vm_peak_kb: int) -> None:
         """With --min-delta the kernel keeps small peaks to itself; its per-mm peak (read
-        from the BPF map) is then the reference the samples are checked against."""
+        from the BPF map, logged with the sample) is then what the samples are checked
+        against, and the rises it kept back are a cause of their own."""
         p = self._procs.get(pid)
         if p is not None:
-            p.vm_peak_kb = max(p.vm_peak_kb, vm_peak_kb)
+            p.kernel_peak_kb = max(p.kernel_peak_kb, vm_peak_kb)
 
     def check_sample(self, ts_ns: int, pid: int, status: ProcStatus) -> SampleCheck:
         """Compare the kernel's VmPeak with the one rebuilt from events.
@@ -186,13 +203,23 @@ class PeakEngine:
         p = self._procs.get(pid)
         if p is None:
             p = self._procs[pid] = _Process(comm="?", vm_peak_kb=status.vm_peak_kb)
-        expected = p.vm_peak_kb
+        expected = max(p.vm_peak_kb, p.kernel_peak_kb)
         match = status.vm_peak_kb == expected
         mismatch = not match and p.disagreed_last_sample
         p.disagreed_last_sample = not match and not mismatch
         if mismatch:
+            p.vm_peak_kb = max(p.vm_peak_kb, p.kernel_peak_kb)
             self._correct(p, status.vm_peak_kb, MISMATCH_FIX)
         return SampleCheck(ts_ns, pid, status, expected, match, mismatch)
+
+    def exit_counters(self, pid: int, vm_peak_kb: int) -> None:
+        """max(total_vm, hiwater_vm) as the process's last thread exited: above the records,
+        the kernel's correction."""
+        p = self._procs.get(pid)
+        if p is not None:
+            p.vm_peak_kb = max(p.vm_peak_kb, p.kernel_peak_kb)
+            if vm_peak_kb > p.vm_peak_kb:
+                self._correct(p, vm_peak_kb, EXIT_FIX)
 
     def final(self, pid: int, vm_peak_kb: int, vm_hwm_kb: int) -> None:
         """The kernel's final VmPeak and VmHWM at exit (taskstats): the process's last
@@ -200,6 +227,7 @@ class PeakEngine:
         p = self._procs.get(pid)
         if p is None:
             return
+        p.vm_peak_kb = max(p.vm_peak_kb, p.kernel_peak_kb)
         self._correct(p, vm_peak_kb, EXIT_FIX)
         if vm_hwm_kb != p.vm_hwm_kb:
             p.vm_hwm_kb = vm_hwm_kb
@@ -215,11 +243,16 @@ class PeakEngine:
 
     def causes(self, pid: int) -> list[Contributor]:
         """What the final VmPeak is made of: each rise by (cause, mapping), the VmPeak at
-        attach and the kernel's corrections, largest first; they add up to VmPeak."""
+        attach, the kernel's corrections and what no record shows, largest first; they add
+        up to VmPeak."""
         p = self._procs.get(pid)
         if p is None:
             return []
-        ranked = sorted(p.contributions.items(), key=lambda kv: (-kv[1], kv[0]))
+        items = dict(p.contributions)
+        unseen = max(p.vm_peak_kb, p.kernel_peak_kb) - sum(items.values())
+        if unseen:
+            items[UNSEEN] = unseen
+        ranked = sorted(items.items(), key=lambda kv: (-kv[1], kv[0]))
         return [Contributor(c, m, kb, p.rises.get((c, m), 0)) for (c, m), kb in ranked if kb]
 
     def summary(self) -> list[ProcessSummary]:
@@ -230,7 +263,7 @@ class PeakEngine:
                 ProcessSummary(
                     pid=pid,
                     comm=p.comm,
-                    vm_peak_kb=p.vm_peak_kb,
+                    vm_peak_kb=max(p.vm_peak_kb, p.kernel_peak_kb),
                     set_by=p.set_by,
                     peaks=p.peaks,
                     latches=p.latches,

@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from vmtrace.frames import describe_frame, frames_of
 from vmtrace.logread import CHANGE_TYPES, Record
+from vmtrace.replay import judged
 from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
 
@@ -187,7 +188,7 @@ def write_csv(records: Iterable[tuple[int, Record]], out: IO[str]) -> int:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     n = 0
-    for line, rec in records:
+    for line, rec in judged(records):
         w.writerow(csv_row(line, rec))
         n += 1
     return n
@@ -413,7 +414,7 @@ def write_perfetto(
     info: dict[str, Any] = {}
 
     def tap() -> Iterator[tuple[int, Record]]:
-        for line, rec in records:
+        for line, rec in judged(records):
             if rec["type"] == "start":
                 info.update(
                     vmtrace=rec.get("vmtrace"),

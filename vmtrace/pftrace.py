@@ -24,6 +24,7 @@ from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
 from vmtrace.export import REORDER_WINDOW, SESSION_PID, SortStats, sorted_events
 from vmtrace.logread import Record
+from vmtrace.replay import judged
 
 SEQUENCE_ID = 1
 CLOCK_MONOTONIC = 3  # ClockSnapshot.Clock.BuiltinClocks
@@ -222,7 +223,7 @@ def write_perfetto_proto(
     """The whole protobuf trace, written packet by packet as the events come."""
     stats = SortStats()
     writer = ProtoWriter(out)
-    it = iter(records)
+    it = judged(records)
     first = next(it, None)
     writer.begin(first[1] if first and first[1].get("type") == "start" else None)
 

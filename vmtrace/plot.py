@@ -26,7 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from vmtrace.errors import OutputError, UsageError
-from vmtrace.logread import CHANGE_TYPES, Record
+from vmtrace.logread import Record
+from vmtrace.records import Explained
+from vmtrace.replay import Replay
 from vmtrace.sinks import create_output
 from vmtrace.units import human_kb
 
@@ -142,6 +144,7 @@ def collect(records: Iterable[tuple[int, Record]], title: str, pid: int | None =
     """Series and peaks per process from a log's (line, record) pairs, and the panels."""
     data = PlotData(title)
     t0: int | None = None
+    replay = Replay()  # each record's meaning for VmPeak, as the report and the live summary
 
     def proc(p: int, comm: str | None) -> ProcessSeries:
         ps = data.processes.get(p)
@@ -150,6 +153,7 @@ def collect(records: Iterable[tuple[int, Record]], title: str, pid: int | None =
         return ps
 
     for _line, rec in records:
+        judged = replay.feed(rec)
         t = rec["type"]
         if t == "start":
             t0 = rec["ts_ns"]
@@ -161,20 +165,19 @@ def collect(records: Iterable[tuple[int, Record]], title: str, pid: int | None =
         if p is None or (pid is not None and p != pid):
             continue
         x = (rec["ts_ns"] - (t0 or 0)) / 1e9
-        if t in CHANGE_TYPES:
+        if isinstance(judged, Explained):
             ps = proc(p, rec.get("comm"))
             if rec.get("comm"):
                 ps.comm = rec["comm"]
             ps.vm_size.add(x, rec["total_vm_kb_after"])
-            ps.vm_peak.add(x, rec["vm_peak_kb"])
-            ps.final_vm_peak_kb = rec["vm_peak_kb"]
-            if t == "peak":
+            ps.vm_peak.add(x, judged.vm_peak_kb)
+            if judged.type == "peak":
                 m = rec.get("mapping")
                 ps.add_peak(
                     PeakMark(
                         x,
-                        rec["vm_peak_kb"],
-                        rec["vm_peak_kb"] - rec["vm_peak_kb_before"],
+                        judged.vm_peak_kb,
+                        judged.rise_kb,
                         rec["cause"],
                         _short(m["path"]) if m else "",
                     )
@@ -185,10 +188,10 @@ def collect(records: Iterable[tuple[int, Record]], title: str, pid: int | None =
             ps.vm_size.add(x, st["VmSize"])
             ps.vm_peak.add(x, st["VmPeak"])
             ps.rss.add(x, st["VmRSS"])
-            ps.final_vm_peak_kb = st["VmPeak"]
     if pid is not None and pid not in data.processes:
         raise UsageError(f"failed to plot pid {pid}: it is not in the log")
     for ps in data.processes.values():
+        ps.final_vm_peak_kb = replay.engine.expected_vm_peak_kb(ps.pid) or 0
         data.panels += panels_of(ps)
     return data
 

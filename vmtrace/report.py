@@ -28,17 +28,25 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vmtrace.engine import ATTACHED, EXIT_FIX, MISMATCH_FIX, PeakEngine
+from vmtrace.engine import ATTACHED, EXIT_FIX, MISMATCH_FIX, UNSEEN
 from vmtrace.errors import LogFormatError, UsageError
 from vmtrace.frames import describe_frame, legacy_frame, short_frame
 from vmtrace.logread import (
     CHANGE_TYPES,
     Record,
-    change_from_record,
     parse_mapping,
     status_from_record,
 )
-from vmtrace.records import UNNAMED_FILE, Change, Frame, Mapping, ProcStatus
+from vmtrace.records import (
+    UNNAMED_FILE,
+    Change,
+    Explained,
+    Frame,
+    Mapping,
+    ProcStatus,
+    SampleCheck,
+)
+from vmtrace.replay import Replay
 from vmtrace.shadow import ShadowMap
 from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
@@ -70,9 +78,9 @@ GROUP_HELP = {
     UNATTRIBUTED: "what the replay of the log could not place",
 }
 THREAD_STACK_PATH = "[thread stack]"
-UNEXPLAINED = "(not in the records)"
+UNEXPLAINED = UNSEEN[0]
 # the engine's causes that are no rise of a call: no call site or chain of their own
-NOT_RISES = frozenset(k[0] for k in (ATTACHED, MISMATCH_FIX, EXIT_FIX))
+NOT_RISES = frozenset(k[0] for k in (ATTACHED, MISMATCH_FIX, EXIT_FIX, UNSEEN))
 TOP_ITEMS = 8
 TOP_CAUSES = 10
 STACK_FRAMES = 6
@@ -541,7 +549,9 @@ class ReportBuilder:
         self.log_name = log_name
         self.only_pid = pid
         self.max_peaks = max(max_peaks, 2)
-        self.engine = PeakEngine()
+        self.replay = Replay()
+        self.engine = self.replay.engine  # read only: the replay feeds it
+        self.judged: Explained | SampleCheck | None = None  # the record being added
         self.procs: dict[int, _Proc] = {}
         self.start: Record | None = None
         self.t0 = 0
@@ -577,9 +587,6 @@ class ReportBuilder:
 
     def _start_pending(self) -> None:
         for pid, (comm, _status) in self.pending.items():
-            # The tracer starts a `run` child (no maps record) without a status: its VmPeak
-            # is the forked vmtrace's until it execs.
-            self.engine.start(pid, comm, None)
             if self.only_pid is None or pid == self.only_pid:
                 self._proc(pid, comm)
         self.pending.clear()
@@ -587,6 +594,12 @@ class ReportBuilder:
     # -- input
     def add(self, rec: Record, line: int) -> None:
         self.line = line
+        try:
+            self.judged = self.replay.feed(rec)
+        except LogFormatError as err:  # the reader checked it already; for direct callers
+            raise LogFormatError(
+                f"failed to read {self.log_name}: line {self.line}: {err}"
+            ) from None
         t = rec["type"]
         ts = rec["ts_ns"]
         self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
@@ -621,9 +634,6 @@ class ReportBuilder:
             p.exited = True
             if rec.get("vm_peak_kb") is not None:
                 p.logged_final = rec["vm_peak_kb"]
-            kernel = rec.get("taskstats")
-            if isinstance(kernel, dict):  # the kernel's last word, as live
-                self.engine.final(pid, kernel["hiwater_vm_kb"], kernel["hiwater_rss_kb"])
             self._on_exit_hwm(p, rec)
 
     def _on_start(self, rec: Record) -> None:
@@ -643,7 +653,6 @@ class ReportBuilder:
     def _on_maps(self, rec: Record) -> None:
         pid = rec["pid"]
         comm, status = self.pending.pop(pid, (rec.get("comm") or "?", None))
-        self.engine.start(pid, comm, status)
         if self.only_pid is not None and pid != self.only_pid:
             return
         p = self._proc(pid, comm)
@@ -655,17 +664,13 @@ class ReportBuilder:
         p.prev_groups = dict(p.attach_snapshot.groups)
 
     def _on_change(self, rec: Record) -> None:
-        try:
-            c = change_from_record(rec)
-        except LogFormatError as err:  # the reader checked it already; for direct callers
-            raise LogFormatError(
-                f"failed to read {self.log_name}: line {self.line}: {err}"
-            ) from None
+        e = self.judged
+        assert isinstance(e, Explained)
+        c = e.change
         self.change_records += 1
         p = self._proc(c.pid, c.comm)
         if c.kind == "fork":
             self._on_fork(p, rec)
-        e = self.engine.explain(c)
         if e.type != rec["type"] or e.vm_peak_kb != rec["vm_peak_kb"]:
             self.disagreements += 1
             if self.first_disagreement is None:
@@ -783,7 +788,8 @@ class ReportBuilder:
         pid = rec["pid"]
         status = status_from_record(rec)
         p = self._proc(pid, rec.get("comm"))
-        check = self.engine.check_sample(rec["ts_ns"], pid, status)
+        check = self.judged
+        assert isinstance(check, SampleCheck)
         p.samples += 1
         if check.mismatch:
             p.mismatches += 1

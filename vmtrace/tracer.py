@@ -522,11 +522,15 @@ class Tracer:
         for pid, target in list(self.targets.items()):
             if not target.alive:
                 continue
-            status, ts = self._settled_status(pid)
+            status, ts, kernel_peak = self._settled_status(pid)
             if status is None or not target.alive:
                 continue
+            if kernel_peak is not None:  # noted only with a sample that says so: as replayed
+                self.engine.note_kernel_peak(pid, kernel_peak)
             check = self.engine.check_sample(ts, pid, status)
             rec = schema.sample_record(check, self.clock, target.info.comm)
+            if kernel_peak is not None:
+                rec["kernel_peak_kb"] = kernel_peak
             if self.opts.hwm_step:
                 self._check_hwm_reset(ts, pid, target, status)
             kernel = self._kernel_view(pid, status)
@@ -569,26 +573,27 @@ class Tracer:
                 self._emit(rec)
         self.engine.final(pid, final.hiwater_vm_kb, final.hiwater_rss_kb)
 
-    def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int]:
+    def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int, int | None]:
         """/proc/PID/status, read when the events can agree with it: a change made before
         the reading is in the ring buffer once drained, unless its mmap_lock was still held
         (or its syscall had not returned); such a reading is retried a few times, briefly,
-        before it counts as a disagreement (and two of those as a mismatch)."""
+        before it counts as a disagreement (and two of those as a mismatch). With
+        --min-delta, also the kernel side's per-mm peak (kB) the reading is checked against."""
         assert self.session is not None
         page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-        status, ts = None, 0
+        status, ts, kernel_kb = None, 0, None
         for attempt in range(4):
             status = procfs.read_status(pid)
             ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             self._drain_all(max_batches=2)
             if self.opts.min_delta and not self.opts.all_events:
                 kernel_peak = self.session.kernel_peak_pages(pid)
-                if kernel_peak is not None:
-                    self.engine.note_kernel_peak(pid, kernel_peak * page_kb)
-            if status is None or status.vm_peak_kb == self.engine.expected_vm_peak_kb(pid):
+                kernel_kb = kernel_peak * page_kb if kernel_peak is not None else None
+            expected = max(self.engine.expected_vm_peak_kb(pid) or 0, kernel_kb or 0)
+            if status is None or status.vm_peak_kb == expected:
                 break
             time.sleep(0.005 * (attempt + 1))
-        return status, ts
+        return status, ts, kernel_kb
 
     def _drain_all(self, max_batches: int = 50) -> None:
         """Whatever is in the ring now, batch by batch (a flood from other targets cannot
