@@ -679,6 +679,9 @@ class Tracer:
         if code is None and final is not None:
             code = final.exit_code
         ended = schema.ended_dict(code, pid in self._oom_killed)
+        if exit_status is None and code is not None:
+            # as waitpid's caller would say it (Popen.returncode): the code, or -signal
+            exit_status = -(code & 0x7F) if code & 0x7F else (code >> 8) & 0xFF
         self._emit(
             schema.exit_record(
                 self.clock,

@@ -37,6 +37,8 @@ def _agree(log: Path, pid: int, own_vm_peak_kb: int) -> None:
     assert end["type"] == "end"
     (live,) = [s for s in end["summary"] if s["pid"] == pid]
     assert live["vm_peak_kb"] == own_vm_peak_kb
+    (exit_rec,) = [r for r in records if r["type"] == "exit" and r["pid"] == pid]
+    assert exit_rec["exit_status"] == 0 and exit_rec["ended"] == {"how": "exit", "code": 0}
 
     rep = build_report(numbered(LogReader(log)), str(log))
     assert rep.engine_disagreements == 0, rep.first_disagreement
