@@ -242,8 +242,11 @@ class Tracer:
             self.child = HeldChild(opts.command, opts.run_as)
             released = False
         stop = self._stop
-        old_int = signal.signal(signal.SIGINT, stop)
-        old_term = signal.signal(signal.SIGTERM, stop)
+        # Kept until the process exits: a Ctrl-C after the trace is complete only sets a
+        # reason nobody reads, where the handler before it would turn a complete trace
+        # into an exit by signal.
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
         reason = "error"
         session: BccSession | None = None
         try:
@@ -284,12 +287,10 @@ class Tracer:
                     try:
                         if session is not None:
                             session.close()
+                    finally:
                         for closable in (self._exits, self._taskstats):
                             if closable is not None:
                                 closable.close()
-                    finally:
-                        signal.signal(signal.SIGINT, old_int)
-                        signal.signal(signal.SIGTERM, old_term)
         finally:
             # Whatever ended the trace (an error included), the command is not left behind
             # unannounced: it has exited, or runs on untraced and vmtrace waits for it.

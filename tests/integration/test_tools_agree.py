@@ -19,7 +19,7 @@ from tests.integration.conftest import build_c, read_jsonl, run_traced
 from vmtrace.export import write_csv
 from vmtrace.logread import LogReader, numbered
 from vmtrace.plot import collect
-from vmtrace.report import UNEXPLAINED, build_report, render_text, report_json
+from vmtrace.report import build_report, render_text, report_json
 
 pytestmark = pytest.mark.bpf
 
@@ -46,7 +46,7 @@ def _agree(log: Path, pid: int, own_vm_peak_kb: int) -> None:
     assert p.final_vm_peak_kb == live["vm_peak_kb"]
     assert p.set_by is not None and p.set_by.ts_ns == live["set_by"]["ts_ns"]
     assert p.set_by.vm_peak_kb - p.set_by.vm_peak_kb_before == live["set_by"]["rise_kb"]
-    causes = [(c.cause, c.where, c.kb) for c in p.by_mapping if c.cause != UNEXPLAINED]
+    causes = [(c.cause, c.where, c.kb) for c in p.by_mapping]
     top = [(c["cause"], c["mapping"], c["kb"]) for c in live["top_causes"]]
     assert causes[: len(top)] == top
     as_json = json.loads(report_json(rep))
