@@ -124,6 +124,7 @@ class Tracer:
         # started is not traced: the summary says how many the samples saw.
         self.untraced = None if opts.discovers else UntracedChildren()
         self.pidns: PidNamespace | None = None  # vmtrace's own, when not the host's
+        self._cgroups: dict[int, str] = {}  # memory cgroups as last seen, for OOM records
 
     # -- set-up -----------------------------------------------------------------------
     def _prepare(self) -> list[BccSession]:
@@ -486,6 +487,7 @@ class Tracer:
             if ev.kind is EventKind.EXEC:
                 fresh = procfs.inspect_target_quietly(ev.pid, target.info)
                 target.info = dataclasses.replace(fresh, comm=ev.comm)
+                self._note_cgroup(ev.pid)
             if ev.kind is EventKind.OOM:
                 self._oom(explained)
                 continue
@@ -511,12 +513,25 @@ class Tracer:
                 self.clock,
                 vm_peak_kb=self.engine.expected_vm_peak_kb(pid),
                 vm_hwm_kb=self.engine.vm_hwm_kb(pid),
-                cgroup=procfs.read_cgroup(pid),
+                cgroup=self._victim_cgroup(pid),
                 rises=list(self._rises.get(pid, ())),
                 largest=largest[:OOM_MAPPINGS],
             )
         )
         self._flush()
+
+    def _note_cgroup(self, pid: int) -> None:
+        cgroup = procfs.read_cgroup(pid)
+        if cgroup is not None and cgroup != "/":
+            self._cgroups[pid] = cgroup
+
+    def _victim_cgroup(self, pid: int) -> str | None:
+        """The OOM victim's memory cgroup: read now, or, if it has already gone (an exiting
+        task reads as the root, or not at all), as last seen at an exec or a sample."""
+        now = procfs.read_cgroup(pid)
+        if now is None or now == "/":
+            return self._cgroups.get(pid, now)
+        return now
 
     def _sample(self) -> None:
         assert self.session is not None
@@ -534,6 +549,7 @@ class Tracer:
                 rec["kernel_peak_kb"] = kernel_peak
             if self.opts.hwm_step:
                 self._check_hwm_reset(ts, pid, target, status)
+            self._note_cgroup(pid)
             kernel = self._kernel_view(pid, status)
             if kernel is not None:
                 rec["taskstats"] = kernel
@@ -698,6 +714,7 @@ class Tracer:
             )
         )
         self._rises.pop(pid, None)
+        self._cgroups.pop(pid, None)
         if self.session is not None:
             self.session.remove_target(pid)
         if self.enricher is not None:
