@@ -223,8 +223,8 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
     outer_cgroup: Path, tmp_path: Path
 ) -> None:
     """GIVEN vmtrace in a cgroup namespace rooted at OUTER (unshare --cgroup --mount, cgroup2
-    mounted there: /sys/fs/cgroup is OUTER), a workload in OUTER/inner, and vmtrace given
-    --cgroup /sys/fs/cgroup/inner (one level down as the namespace sees it, more from the
+    mounted in it on a fresh directory CG: CG is OUTER there), a workload in OUTER/inner, and
+    vmtrace given --cgroup CG/inner (one level down as the namespace sees it, more from the
     real root)
     WHEN the workload maps 64 MiB
     THEN it is traced, its peak ending at its own VmPeak reading, and vmtrace (in OUTER,
@@ -232,10 +232,14 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
     unshare = _unshare()
     (tmp_path / "load.py").write_text(WORKLOAD)
     go, out, log = tmp_path / "go", tmp_path / "out.json", tmp_path / "log.jsonl"
+    # a directory of its own: over /sys/fs/cgroup, where the same cgroup2 may already be
+    # mounted, 5.10 refuses a second mount (EBUSY)
+    cg = tmp_path / "cg"
+    cg.mkdir()
     inner = (
-        'mount -t cgroup2 none /sys/fs/cgroup || exit 9; '
-        '/bin/sh -c \'echo $$ > /sys/fs/cgroup/inner/cgroup.procs && exec "$0" "$1" "$2" "$3"\' '
-        '"$0" "$1" "$2" "$3" & exec "$0" -m vmtrace --cgroup /sys/fs/cgroup/inner -o "$4"'
+        f"mount -t cgroup2 none {cg} || exit 9; "
+        f'/bin/sh -c \'echo $$ > {cg}/inner/cgroup.procs && exec "$0" "$1" "$2" "$3"\' '
+        f'"$0" "$1" "$2" "$3" & exec "$0" -m vmtrace --cgroup {cg}/inner -o "$4"'
     )
     outer = f'echo $$ > {outer_cgroup}/cgroup.procs && exec "$@"'
     args = [sys.executable, str(tmp_path / "load.py"), str(go), str(out), str(log)]
