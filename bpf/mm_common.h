@@ -86,6 +86,14 @@ static __always_inline u64 vmt_current_ids(void)
 	return (u64)ns.tgid << 32 | ns.pid;
 }
 
+/* the current task's process id as user space names it, given its host pid_tgid (so that
+ * a caller that needs both makes one helper call on the host) */
+static __always_inline u32 vmt_view_tgid(u64 host_ids)
+{
+	(void)host_ids;
+	return vmt_current_ids() >> 32;
+}
+
 /* struct pid's number in vmtrace's namespace: its upid whose namespace has that inode.
  * No early exit: a loop of constant trip count is unrolled, which older verifiers need. */
 static __always_inline u32 vmt_pid_nr(u64 pid)
@@ -117,6 +125,11 @@ static __always_inline u32 vmt_task_tgid(u64 task)
 static __always_inline u64 vmt_current_ids(void)
 {
 	return bpf_get_current_pid_tgid();
+}
+
+static __always_inline u32 vmt_view_tgid(u64 host_ids)
+{
+	return host_ids >> 32;
 }
 
 static __always_inline u32 vmt_task_tid(u64 task)

@@ -25,8 +25,9 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_acquire_returned)
 {
 	if (!args->write || !args->success)
 		return 0;  /* read locks (a downgrade among them) change nothing here */
-	u32 tgid = vmt_current_ids() >> 32;
-	u32 tid = (u32)bpf_get_current_pid_tgid();  /* holds are the kernel's: host tids */
+	u64 host = bpf_get_current_pid_tgid();
+	u32 tid = (u32)host;  /* holds are the kernel's: host tids */
+	u32 tgid = vmt_view_tgid(host);
 	struct target_state *st = target_of(tgid);
 	if (!st)
 		return 0;
@@ -58,8 +59,9 @@ TRACEPOINT_PROBE(mmap, vm_unmapped_area)
 
 TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 {
-	u32 tgid = vmt_current_ids() >> 32;
-	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 host = bpf_get_current_pid_tgid();
+	u32 tid = (u32)host;
+	u32 tgid = vmt_view_tgid(host);
 	struct target_state *st = targets.lookup(&tgid);
 	if (!st)
 		return 0;

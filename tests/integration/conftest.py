@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -256,3 +257,39 @@ def backends_under_test() -> list[str]:
         return chosen
     working = doctor_report().get("working") or []
     return [str(b) for b in working] or ["tracepoint"]
+
+
+def rmdir_when_empty(d: Path) -> None:
+    """A cgroup whose last member just exited is removable a moment later."""
+    for _ in range(50):
+        try:
+            d.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+    d.rmdir()
+
+
+@pytest.fixture
+def cgroup_dir() -> Iterator[Path]:
+    """A fresh cgroup v2 directory (mounting cgroup2 if the machine has none, e.g. the VM)."""
+    from vmtrace.cgroups import cgroup2_mounts
+
+    mounted: Path | None = None
+    roots = cgroup2_mounts()
+    if roots:
+        root = Path(roots[0])
+    else:
+        mounted = Path(tempfile.mkdtemp(prefix="vmtrace-cg2-"))
+        res = subprocess.run(["mount", "-t", "cgroup2", "none", str(mounted)], capture_output=True)
+        require(res.returncode == 0, f"cannot mount cgroup2: {res.stderr!r}")
+        root = mounted
+    cg = root / f"vmtrace-test-{os.getpid()}"
+    cg.mkdir()
+    try:
+        yield cg
+    finally:
+        rmdir_when_empty(cg)
+        if mounted is not None:
+            subprocess.run(["umount", str(mounted)], check=False)
+            mounted.rmdir()

@@ -9,12 +9,10 @@ its own /proc/self/status; the expectations are those numbers.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +28,12 @@ from tests.integration.conftest import (
     max_peak,
     of,
     read_jsonl,
+    rmdir_when_empty,
     start_vmtrace,
     tail,
     vmtrace_env,
     wait_for_start,
 )
-from vmtrace.cgroups import cgroup2_mounts
 
 pytestmark = pytest.mark.bpf
 
@@ -88,6 +86,30 @@ def _start_record(log: Path) -> dict[str, Any] | None:
     return rec if rec.get("type") == "start" else None
 
 
+def _start(cmd: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
+    """CMD, whose last process is vmtrace: its stderr goes to TMP/vmtrace.stderr."""
+    with (tmp_path / "vmtrace.stderr").open("wb") as err:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO_ROOT,
+            env=vmtrace_env(),
+        )
+
+
+def _release_once_started(
+    log: Path, go: Path, proc: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """Wait for vmtrace's start record in LOG, then tell the workload to go."""
+    _wait_for(log, "vmtrace's start record", proc, tmp_path / "vmtrace.stderr")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while _start_record(log) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+
+
 def test_minus_p_inside_a_pid_namespace_traces_the_namespaces_pid(tmp_path: Path) -> None:
     """GIVEN vmtrace and a workload inside one new PID namespace (unshare --pid --fork
     --mount-proc, as in a container), vmtrace given the PID the namespace sees
@@ -99,21 +121,11 @@ def test_minus_p_inside_a_pid_namespace_traces_the_namespaces_pid(tmp_path: Path
     go, out, log = tmp_path / "go", tmp_path / "out.json", tmp_path / "log.jsonl"
     script = '"$0" "$1" "$2" "$3" & exec "$0" -m vmtrace -p $! -o "$4"'
     args = [sys.executable, str(tmp_path / "load.py"), str(go), str(out), str(log)]
-    with (tmp_path / "vmtrace.stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [unshare, "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=REPO_ROOT,
-            env=vmtrace_env(),
-        )
+    proc = _start(
+        [unshare, "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", script, *args], tmp_path
+    )
     try:
-        _wait_for(log, "vmtrace's start record", proc, tmp_path / "vmtrace.stderr")
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while _start_record(log) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        go.touch()
+        _release_once_started(log, go, proc, tmp_path)
         rc = proc.wait(timeout=RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
@@ -190,33 +202,13 @@ def _workload_under(unshare_pid: int) -> int:
 
 
 @pytest.fixture
-def outer_cgroup() -> Iterator[Path]:
-    """A fresh cgroup v2 directory, to root a cgroup namespace at (mounting cgroup2 where
-    the machine has none, e.g. the VM)."""
-    mounted: Path | None = None
-    roots = cgroup2_mounts()
-    if roots:
-        root = Path(roots[0])
-    else:
-        mounted = Path(tempfile.mkdtemp(prefix="vmtrace-cg2-"))
-        res = subprocess.run(["mount", "-t", "cgroup2", "none", str(mounted)], capture_output=True)
-        require(res.returncode == 0, f"cannot mount cgroup2: {res.stderr!r}")
-        root = mounted
-    outer = root / f"vmtrace-cgns-{os.getpid()}"
-    (outer / "inner").mkdir(parents=True)
+def outer_cgroup(cgroup_dir: Path) -> Iterator[Path]:
+    """A fresh cgroup v2 directory with a child `inner`, to root a cgroup namespace at."""
+    (cgroup_dir / "inner").mkdir()
     try:
-        yield outer
+        yield cgroup_dir
     finally:
-        for d in (outer / "inner", outer):
-            for _ in range(50):  # a member that just exited leaves its cgroup a moment later
-                try:
-                    d.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-        if mounted is not None:
-            subprocess.run(["umount", str(mounted)], check=False)
-            mounted.rmdir()
+        rmdir_when_empty(cgroup_dir / "inner")
 
 
 def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
@@ -244,21 +236,9 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
     outer = f'echo $$ > {outer_cgroup}/cgroup.procs && exec "$@"'
     args = [sys.executable, str(tmp_path / "load.py"), str(go), str(out), str(log)]
     cmd = ["/bin/sh", "-c", outer, "sh", unshare, "--cgroup", "--mount", "/bin/sh", "-c", inner]
-    with (tmp_path / "vmtrace.stderr").open("wb") as err:
-        proc = subprocess.Popen(
-            [*cmd, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=REPO_ROOT,
-            env=vmtrace_env(),
-        )
+    proc = _start([*cmd, *args], tmp_path)
     try:
-        _wait_for(log, "vmtrace's start record", proc, tmp_path / "vmtrace.stderr")
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while _start_record(log) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        go.touch()
+        _release_once_started(log, go, proc, tmp_path)
         _wait_for(out, "the workload's report", proc, tmp_path / "vmtrace.stderr")
         time.sleep(0.5)  # its exit, traced
         proc.send_signal(signal.SIGINT)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,35 +168,6 @@ def test_clear_refs_reset_of_vmhwm_is_reported(prodload: Path, tmp_path: Path) -
 
 
 # ---- --cgroup ---------------------------------------------------------------------------
-
-
-def _cgroup2_root() -> Iterator[Path]:
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "cgroup2":
-                yield Path(parts[1])
-
-
-@pytest.fixture
-def cgroup_dir() -> Iterator[Path]:
-    """A fresh cgroup v2 directory (mounting cgroup2 if the machine has none, e.g. the VM)."""
-    mounted: Path | None = None
-    root = next(_cgroup2_root(), None)
-    if root is None:
-        mounted = Path(tempfile.mkdtemp(prefix="vmtrace-cg2-"))
-        res = subprocess.run(["mount", "-t", "cgroup2", "none", str(mounted)], capture_output=True)
-        require(res.returncode == 0, f"cannot mount cgroup2: {res.stderr!r}")
-        root = mounted
-    cg = root / f"vmtrace-test-{os.getpid()}"
-    cg.mkdir()
-    try:
-        yield cg
-    finally:
-        cg.rmdir()
-        if mounted is not None:
-            subprocess.run(["umount", str(mounted)], check=False)
-            mounted.rmdir()
 
 
 def _waiting(prodload: Path, mib: int) -> subprocess.Popen[bytes]:

@@ -365,25 +365,38 @@ class ReportBuilder:
         if parent is not None and parent.space.known:
             child.space = parent.space.clone()
 
-    def _on_hwm_record(self, p: _Proc, rec: Record) -> None:
-        hwm = rec.get("hwm_kb")
-        if hwm is None:
-            return
-        before = rec.get("hwm_kb_before")
+    def _add_hwm(
+        self,
+        p: _Proc,
+        rec: Record,
+        vm_hwm_kb: int,
+        vm_rss_kb: int,
+        before: int | None,
+        source: str = "sample",
+        tid: int | None = None,
+    ) -> None:
         p.hwm.add(
             HwmEntry(
                 line=self.line,
                 ts_ns=rec["ts_ns"],
                 time=rec.get("time"),
                 rel_s=self._rel(rec["ts_ns"]),
-                vm_hwm_kb_before=before if before is not None else p.last_hwm,
-                vm_hwm_kb=hwm,
-                vm_rss_kb=rec.get("rss_kb") or 0,
-                source=rec["cause"],
-                tid=rec.get("tid"),
+                vm_hwm_kb_before=before,
+                vm_hwm_kb=vm_hwm_kb,
+                vm_rss_kb=vm_rss_kb,
+                source=source,
+                tid=tid,
             )
         )
-        p.last_hwm = hwm
+        p.last_hwm = vm_hwm_kb
+
+    def _on_hwm_record(self, p: _Proc, rec: Record) -> None:
+        hwm = rec.get("hwm_kb")
+        if hwm is None:
+            return
+        before = rec.get("hwm_kb_before")
+        before = before if before is not None else p.last_hwm
+        self._add_hwm(p, rec, hwm, rec.get("rss_kb") or 0, before, rec["cause"], rec.get("tid"))
         if rec.get("rss_kb") is not None:
             p.max_rss = max(p.max_rss or 0, rec["rss_kb"])
 
@@ -391,21 +404,8 @@ class ReportBuilder:
         """The exit record's VmHWM is the kernel's final one: a process that ran between
         two samples (or while the reader was behind) has no other."""
         hwm = rec.get("vm_hwm_kb")
-        if hwm is None or hwm == p.last_hwm:
-            return
-        p.hwm.add(
-            HwmEntry(
-                line=self.line,
-                ts_ns=rec["ts_ns"],
-                time=rec.get("time"),
-                rel_s=self._rel(rec["ts_ns"]),
-                vm_hwm_kb_before=p.last_hwm,
-                vm_hwm_kb=hwm,
-                vm_rss_kb=0,
-                source="exit",
-            )
-        )
-        p.last_hwm = hwm
+        if hwm is not None and hwm != p.last_hwm:
+            self._add_hwm(p, rec, hwm, 0, p.last_hwm, "exit")
 
     def _on_sample(self, rec: Record) -> None:
         pid = rec["pid"]
@@ -418,18 +418,7 @@ class ReportBuilder:
             p.mismatches += 1
         p.max_rss = max(p.max_rss or 0, status.vm_rss_kb)
         if p.last_hwm is None or status.vm_hwm_kb != p.last_hwm:
-            p.hwm.add(
-                HwmEntry(
-                    line=self.line,
-                    ts_ns=rec["ts_ns"],
-                    time=rec.get("time"),
-                    rel_s=self._rel(rec["ts_ns"]),
-                    vm_hwm_kb_before=p.last_hwm,
-                    vm_hwm_kb=status.vm_hwm_kb,
-                    vm_rss_kb=status.vm_rss_kb,
-                )
-            )
-            p.last_hwm = status.vm_hwm_kb
+            self._add_hwm(p, rec, status.vm_hwm_kb, status.vm_rss_kb, p.last_hwm)
 
     def _on_end(self, rec: Record) -> None:
         summary = rec.get("summary")
