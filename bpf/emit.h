@@ -201,6 +201,26 @@ static __always_inline void vmt_fill_counters(struct vmt_event *e, struct mm_sna
 	e->brk_after = vmt_read_u64(mm + VMT_OFF_MM_BRK);
 }
 
+/* The same, with the RSS values the state was just given at this change. */
+static __always_inline void vmt_fill_changed(struct vmt_event *e, struct mm_snap *before,
+					     struct mm_snap *after, u64 peak_before, u64 mm,
+					     struct target_state *st)
+{
+	e->mm_id = mm;
+	e->total_vm_before = before->total_vm;
+	e->hiwater_vm_before = before->hiwater_vm;
+	e->stack_vm_before = before->stack_vm;
+	e->total_vm_after = after->total_vm;
+	e->hiwater_vm_after = after->hiwater_vm;
+	e->stack_vm_after = after->stack_vm;
+	e->peak_before = peak_before;
+	e->rss_file = st->rss_file;
+	e->rss_anon = st->rss_anon;
+	e->rss_shmem = st->rss_shmem;
+	e->hiwater_rss = st->hiwater_rss;
+	e->brk_after = vmt_read_u64(mm + VMT_OFF_MM_BRK);
+}
+
 static __always_inline void vmt_fill_call(struct vmt_event *e, struct vmt_regs *r)
 {
 	e->syscall_nr = (s32)r->nr;

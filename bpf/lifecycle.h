@@ -65,6 +65,9 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 	struct target_state *st = targets.lookup(&tgid);
 	if (!st)
 		return 0;
+#ifdef VMT_THREAD_STATE
+	vmt_thread_exit((u32)bpf_get_current_pid_tgid());  /* the backend's per-thread state */
+#endif
 	u64 signal = vmt_read_u64(bpf_get_current_task() + VMT_OFF_TASK_SIGNAL);
 	if ((s32)vmt_read_u32(signal + VMT_OFF_SIGNAL_LIVE) != 0)
 		return 0;  /* other threads live on */

@@ -18,6 +18,15 @@ struct mm_snap {
 };
 
 /* Per traced process (tgid); user space (or an auto-add rule) creates it with mm == 0. */
+/* The last free range vm_unmapped_area found during a writer's hold (tracepoint backend):
+ * where a new mapping went, since the call has not returned when the change is committed. */
+struct vmt_area {
+	u64 addr;
+	u64 len;
+	u32 seen;
+	u32 pad;
+};
+
 struct target_state {
 	u64 mm;            /* the mm these counters belong to; changes at exec */
 	u64 total_vm;      /* last values accounted for (sent, or kept back by --min-delta) */
@@ -26,7 +35,7 @@ struct target_state {
 	u64 peak;          /* max(total_vm, hiwater_vm) ever seen for this mm */
 	u64 reported_peak; /* --min-delta: total_vm of the last peak sent */
 	u64 hwm_sent;      /* VmHWM (pages) in the last HWM record (or at first sight) */
-	u64 rss_file;      /* RSS by kind and hiwater_rss at the last change, for the exit */
+	u64 rss_file;      /* RSS by kind and hiwater_rss at the last change sent, for the exit */
 	u64 rss_anon;
 	u64 rss_shmem;
 	u64 hiwater_rss;
@@ -38,7 +47,11 @@ struct target_state {
 	u32 in_exec;
 	u32 folded;        /* --min-delta: rises kept back since the last peak sent */
 	u32 lost;          /* records of this process dropped for want of ring space */
-	u32 pad;
+	/* tracepoint backend: the task holding the write lock of `writer_mm` (or the read
+	 * lock it downgraded to), 0 if none, and the free range found for its new mapping */
+	u32 writer;
+	u64 writer_mm;
+	struct vmt_area area;
 };
 
 /* mm->rss_stat indexes (include/linux/mm_types_task.h) */
@@ -148,11 +161,28 @@ static __always_inline u64 vmt_current_mm(void)
 	return vmt_read_u64(bpf_get_current_task() + VMT_OFF_TASK_MM);
 }
 
+/* mm_struct keeps hiwater_vm, total_vm ... stack_vm within a few words of each other (read
+ * at every lock release of a traced mm): one read when they are, three otherwise. */
+#if VMT_OFF_MM_HIWATER_VM < VMT_OFF_MM_TOTAL_VM && VMT_OFF_MM_TOTAL_VM < VMT_OFF_MM_STACK_VM && \
+	VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM <= 64 && VMT_OFF_MM_HIWATER_VM % 8 == 0 && \
+	VMT_OFF_MM_TOTAL_VM % 8 == 0 && VMT_OFF_MM_STACK_VM % 8 == 0
+#define VMT_MM_COUNTERS_IN_ONE_READ 1
+#endif
+
 static __always_inline void vmt_read_mm(u64 mm, struct mm_snap *s)
 {
+#ifdef VMT_MM_COUNTERS_IN_ONE_READ
+	u64 w[(VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM) / 8 + 1];
+	if (bpf_probe_read_kernel(w, sizeof(w), (void *)(mm + VMT_OFF_MM_HIWATER_VM)) != 0)
+		__builtin_memset(w, 0, sizeof(w));
+	s->hiwater_vm = w[0];
+	s->total_vm = w[(VMT_OFF_MM_TOTAL_VM - VMT_OFF_MM_HIWATER_VM) / 8];
+	s->stack_vm = w[(VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM) / 8];
+#else
 	s->total_vm = vmt_read_u64(mm + VMT_OFF_MM_TOTAL_VM);
 	s->hiwater_vm = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_VM);
 	s->stack_vm = vmt_read_u64(mm + VMT_OFF_MM_STACK_VM);
+#endif
 }
 
 static __always_inline s64 vmt_rss_counter(u64 mm, int member)
@@ -203,9 +233,39 @@ struct vmt_regs {
 	int ok;
 };
 
-/* The syscall context from a pt_regs of user registers; nr is -2 when they cannot be read. */
-static __always_inline void vmt_read_regs(u64 regs, struct vmt_regs *r)
+/* x86_64's pt_regs keeps r10 ... di, orig_ax, ip in consecutive words: one read then
+ * gives the call, its arguments and ip. Any other layout is read field by field. */
+#if VMT_OFF_PT_REGS_R9 == VMT_OFF_PT_REGS_R10 + 8 && \
+	VMT_OFF_PT_REGS_R8 == VMT_OFF_PT_REGS_R10 + 16 && \
+	VMT_OFF_PT_REGS_DX == VMT_OFF_PT_REGS_R10 + 40 && \
+	VMT_OFF_PT_REGS_SI == VMT_OFF_PT_REGS_R10 + 48 && \
+	VMT_OFF_PT_REGS_DI == VMT_OFF_PT_REGS_R10 + 56 && \
+	VMT_OFF_PT_REGS_ORIG_AX == VMT_OFF_PT_REGS_R10 + 64 && \
+	VMT_OFF_PT_REGS_IP == VMT_OFF_PT_REGS_R10 + 72
+#define VMT_REGS_IN_ONE_READ 1
+#endif
+
+/* The call from a pt_regs of user registers (number, arguments, ip); nr is -2 when they
+ * cannot be read. */
+static __always_inline void vmt_read_call(u64 regs, struct vmt_regs *r)
 {
+#ifdef VMT_REGS_IN_ONE_READ
+	u64 w[10];
+	r->ok = regs != 0 &&
+		bpf_probe_read_kernel(w, sizeof(w), (void *)(regs + VMT_OFF_PT_REGS_R10)) == 0;
+	if (!r->ok) {
+		r->nr = -2;
+		return;
+	}
+	r->nr = (s64)w[8];
+	r->args[0] = w[7];
+	r->args[1] = w[6];
+	r->args[2] = w[5];
+	r->args[3] = w[0];
+	r->args[4] = w[2];
+	r->args[5] = w[1];
+	r->ip = w[9];
+#else
 	u64 orig_ax = 0;
 	r->ok = regs != 0 &&
 		bpf_probe_read_kernel(&orig_ax, sizeof(orig_ax),
@@ -222,6 +282,15 @@ static __always_inline void vmt_read_regs(u64 regs, struct vmt_regs *r)
 	r->args[4] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R8);
 	r->args[5] = vmt_read_u64(regs + VMT_OFF_PT_REGS_R9);
 	r->ip = vmt_read_u64(regs + VMT_OFF_PT_REGS_IP);
+#endif
+}
+
+/* The call and where the user stack is (what a stack snapshot needs). */
+static __always_inline void vmt_read_regs(u64 regs, struct vmt_regs *r)
+{
+	vmt_read_call(regs, r);
+	if (!r->ok)
+		return;
 	r->sp = vmt_read_u64(regs + VMT_OFF_PT_REGS_SP);
 	r->bp = vmt_read_u64(regs + VMT_OFF_PT_REGS_BP);
 }

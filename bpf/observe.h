@@ -12,15 +12,6 @@
 
 #define VMT_MAP_ANONYMOUS 0x20
 
-/* The last free range vm_unmapped_area found during a writer's hold (tracepoint backend):
- * where a new mapping went, since the call has not returned when the change is committed. */
-struct vmt_area {
-	u64 addr;
-	u64 len;
-	u32 seen;
-	u32 pad;
-};
-
 static __always_inline void vmt_accept(struct target_state *st, u64 mm, struct mm_snap *now,
 				       int with_peak)
 {
@@ -101,14 +92,13 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 		count(VMT_CNT_FILTERED);
 		return;  /* nothing else is read for a change kept back */
 	}
-	st->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
-	st->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
-	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
-	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 	struct vmt_regs regs = {};
 	struct vmt_regs *r = call;
 	if (!r) {
-		vmt_read_regs(vmt_user_regs(), &regs);
+		if (vital)
+			vmt_read_regs(vmt_user_regs(), &regs);
+		else
+			vmt_read_call(vmt_user_regs(), &regs);  /* no stack: sp and bp unread */
 		r = &regs;
 	}
 	u64 file = 0;
@@ -116,9 +106,13 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 		file = vmt_file_of_fd((s64)(s32)r->args[4]);
 	struct vmt_event *e;
 	if (!vmt_reserve(&e, st, vital, file, vital ? r : 0))
-		return;
+		return;  /* no room: nothing more is read (the RSS kept is the last change sent's) */
+	st->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
+	st->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
+	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
+	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 	e->kind = vmt_decoded_call(r->nr) ? VMT_KIND_SYSCALL : VMT_KIND_OTHER;
-	vmt_fill_counters(e, before, after, peak_before, mm);
+	vmt_fill_changed(e, before, after, peak_before, mm, st);
 	vmt_fill_call(e, r);
 	e->folded_rises = folded;
 	if (has_ret) {

@@ -11,8 +11,6 @@
 #define VMTRACE_SYSCALL_CTX_H
 
 #include "observe.h"
-#include "lifecycle.h"
-#include "rss.h"
 
 struct inflight_call {
 	u64 mm;
@@ -25,12 +23,23 @@ struct inflight_call {
 	u64 peak_before;
 };
 
-BPF_TABLE("lru_hash", u32, struct inflight_call, inflight, 16384);
+/* A plain hash, not an LRU: a call in flight is never pushed out unseen. Each is deleted
+ * at its return, or when its thread exits; one that finds no room is counted. */
+BPF_HASH(inflight, u32, struct inflight_call, 16384);
+#define VMT_THREAD_STATE 1
+static __always_inline void vmt_thread_exit(u32 tid)
+{
+	inflight.delete(&tid);
+}
+
+#include "lifecycle.h"
+#include "rss.h"
 
 static __always_inline int vmt_call_enter(u64 regs)
 {
 	u64 id = vmt_current_ids();
-	u32 tgid = id >> 32, tid = (u32)id;
+	u32 tgid = id >> 32;
+	u32 tid = (u32)bpf_get_current_pid_tgid();  /* calls in flight are keyed by host tid */
 	struct target_state *st = target_of(tgid);
 	if (!st)
 		return 0;
@@ -41,7 +50,10 @@ static __always_inline int vmt_call_enter(u64 regs)
 	vmt_read_regs(regs, &call.call);
 	if (st->mm != mm)
 		vmt_new_mm(st, mm, call.call.nr);
-	inflight.update(&tid, &call);
+	if (inflight.update(&tid, &call) != 0) {
+		count(VMT_CNT_CALLS_FULL);
+		__sync_fetch_and_add(&st->lost, 1);
+	}
 	return 0;
 }
 
@@ -49,7 +61,8 @@ static __always_inline int vmt_call_enter(u64 regs)
 static __always_inline void vmt_observe(u64 mm)
 {
 	u64 id = vmt_current_ids();
-	u32 tgid = id >> 32, tid = (u32)id;
+	u32 tgid = id >> 32;
+	u32 tid = (u32)bpf_get_current_pid_tgid();  /* calls in flight are keyed by host tid */
 	struct target_state *st = target_of(tgid);
 	if (!st || mm == 0 || mm != vmt_current_mm())
 		return;
@@ -91,7 +104,8 @@ static __always_inline void vmt_observe(u64 mm)
 static __always_inline int vmt_call_return(s64 ret)
 {
 	u64 id = vmt_current_ids();
-	u32 tgid = id >> 32, tid = (u32)id;
+	u32 tgid = id >> 32;
+	u32 tid = (u32)bpf_get_current_pid_tgid();  /* calls in flight are keyed by host tid */
 	struct inflight_call *call = inflight.lookup(&tid);
 	if (!call)
 		return 0;

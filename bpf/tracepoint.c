@@ -8,56 +8,63 @@
  * compares the counters with their last accounted values and commits the difference:
  * one whole change, made by that task. The call is read from the task's saved user
  * registers; the free range the kernel picked for a new mapping from vm_unmapped_area.
+ *
+ * Raw tracepoints: the program gets the tracepoint's own arguments, without the event
+ * record the kernel would otherwise build for every lock operation of every task (the
+ * memcg lookup of mmap_lock's, the perf buffer). The bools come last, after the mm and,
+ * on kernels whose lock tracepoints name the memcg, its path: VMT_OFF_LOCK_TP_ARGS says
+ * how many arguments there are.
  */
 #include "observe.h"
 #include "lifecycle.h"
 #include "rss.h"
 
-/* A task holding a traced mm's lock for writing (or the read lock it downgraded to). */
-struct vmt_hold {
-	u64 mm;
-	struct vmt_area area;
-};
+#define VMT_LOCK_MM() ((u64)ctx->args[0])
+#define VMT_LOCK_WRITE() ((u8)ctx->args[(VMT_OFF_LOCK_TP_ARGS - 1) & 3])
+#define VMT_LOCK_SUCCESS() ((u8)ctx->args[VMT_OFF_LOCK_TP_ARGS & 3])
 
-BPF_TABLE("lru_hash", u32, struct vmt_hold, holds, 16384);
-
-TRACEPOINT_PROBE(mmap_lock, mmap_lock_acquire_returned)
+RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
 {
-	if (!args->write || !args->success)
+	if (!VMT_LOCK_WRITE() || !VMT_LOCK_SUCCESS())
 		return 0;  /* read locks (a downgrade among them) change nothing here */
 	u64 host = bpf_get_current_pid_tgid();
-	u32 tid = (u32)host;  /* holds are the kernel's: host tids */
+	u32 tid = (u32)host;  /* the writer mark is the kernel's tid */
 	u32 tgid = vmt_view_tgid(host);
 	struct target_state *st = target_of(tgid);
 	if (!st)
 		return 0;
-	u64 mm = (u64)args->mm;
+	u64 mm = VMT_LOCK_MM();
 	if (mm == 0 || mm != vmt_current_mm())
 		return 0;  /* someone else's mm (exec building the new one, a remote writer) */
 	if (st->mm != mm) {
 		/* before the writer changes anything: a baseline, or an exec's new image */
 		struct vmt_regs r = {};
-		vmt_read_regs(vmt_user_regs(), &r);
+		vmt_read_call(vmt_user_regs(), &r);
 		vmt_new_mm(st, mm, r.nr);
 	}
-	struct vmt_hold h = {.mm = mm};
-	holds.update(&tid, &h);
+	/* One writer per mm at a time (the lock is exclusive, and a downgraded holder keeps
+	 * other writers out until it releases): its mark lives in the process's state. */
+	st->writer = tid;
+	st->writer_mm = mm;
+	st->area.seen = 0;
 	return 0;
 }
 
-TRACEPOINT_PROBE(mmap, vm_unmapped_area)
+/* (addr, struct vm_unmapped_area_info *) */
+RAW_TRACEPOINT_PROBE(vm_unmapped_area)
 {
-	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct vmt_hold *h = holds.lookup(&tid);
-	if (!h)
+	u64 host = bpf_get_current_pid_tgid();
+	u32 tgid = vmt_view_tgid(host);
+	struct target_state *st = targets.lookup(&tgid);
+	if (!st || st->writer != (u32)host)
 		return 0;
-	h->area.addr = args->addr;
-	h->area.len = args->length;
-	h->area.seen = 1;
+	st->area.addr = (u64)ctx->args[0];
+	st->area.len = vmt_read_u64((u64)ctx->args[1] + VMT_OFF_UNMAPPED_INFO_LENGTH);
+	st->area.seen = 1;
 	return 0;
 }
 
-TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
+RAW_TRACEPOINT_PROBE(mmap_lock_released)
 {
 	u64 host = bpf_get_current_pid_tgid();
 	u32 tid = (u32)host;
@@ -65,15 +72,14 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 	struct target_state *st = targets.lookup(&tgid);
 	if (!st)
 		return 0;
-	u64 mm = (u64)args->mm;
+	u64 mm = VMT_LOCK_MM();
 	if (mm == 0 || mm != vmt_current_mm() || st->mm != mm)
 		return 0;
-	struct vmt_hold hold = {};
-	struct vmt_hold *h = holds.lookup(&tid);
-	if (h && h->mm == mm) {
-		__builtin_memcpy(&hold, h, sizeof(hold));
-		holds.delete(&tid);
-	} else if (!args->write) {
+	struct vmt_area area = {};
+	if (st->writer == tid && st->writer_mm == mm) {
+		__builtin_memcpy(&area, &st->area, sizeof(area));
+		st->writer = 0;
+	} else if (!VMT_LOCK_WRITE()) {
 		/* A reader. On kernels that grow the stack under the read lock (before 6.5),
 		 * a page fault's stack growth is committed by the faulting reader; any other
 		 * change seen by a reader belongs to a writer that has not released yet. */
@@ -82,7 +88,7 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 		if (now.stack_vm == st->stack_vm)
 			return 0;
 		struct vmt_regs r = {};
-		vmt_read_regs(vmt_user_regs(), &r);
+		vmt_read_call(vmt_user_regs(), &r);
 		if (r.nr != -1)
 			return 0;
 	}
@@ -99,6 +105,6 @@ TRACEPOINT_PROBE(mmap_lock, mmap_lock_released)
 		.hiwater_vm = st->hiwater_vm,
 		.stack_vm = st->stack_vm,
 	};
-	vmt_commit(st, mm, &before, &now, st->peak, 0, 0, 0, &hold.area);
+	vmt_commit(st, mm, &before, &now, st->peak, 0, 0, 0, &area);
 	return 0;
 }

@@ -135,7 +135,9 @@ enum vmt_counter {
 	VMT_CNT_FILTERED = 3,     /* changes not sent: below --min-delta */
 	VMT_CNT_TARGETS_FULL = 4, /* a process to trace did not fit the `targets` map */
 	VMT_CNT_SENT_CHANGES = 5, /* grow/shrink records sent: paces the reader's wakeups */
-	VMT_CNT_MAX = 6,
+	VMT_CNT_CALLS_FULL = 6,   /* kprobe/fentry: a call did not fit the `inflight` map, so its
+				   * changes were judged one by one, not merged */
+	VMT_CNT_MAX = 7,
 };
 
 #endif

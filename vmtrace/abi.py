@@ -47,6 +47,7 @@ COUNTER_LOST_VITAL = 1
 COUNTER_STACK_ERR = 2
 COUNTER_FILTERED = 3
 COUNTER_TARGETS_FULL = 4
+COUNTER_CALLS_FULL = 6
 
 
 class EventStruct(ctypes.Structure):
@@ -216,6 +217,7 @@ class Losses:
     vital: int = 0  # peaks, latches, lifecycle records: the `vital` ring was full
     stacks: int = 0  # user stacks that could not be read
     targets_full: int = 0  # processes to trace that did not fit the targets map
+    calls_full: int = 0  # kprobe/fentry: calls in flight that did not fit their map
 
 
 @dataclass(frozen=True, slots=True)

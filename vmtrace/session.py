@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmtrace.abi import (
+    COUNTER_CALLS_FULL,
     COUNTER_FILTERED,
     COUNTER_LOST_CHANGES,
     COUNTER_LOST_VITAL,
@@ -363,6 +364,7 @@ class BccSession:
             vital=self._counter(COUNTER_LOST_VITAL),
             stacks=self._counter(COUNTER_STACK_ERR),
             targets_full=self._counter(COUNTER_TARGETS_FULL),
+            calls_full=self._counter(COUNTER_CALLS_FULL),
         )
 
     def filtered(self) -> int:

@@ -223,6 +223,7 @@ def test_counters_match() -> None:
     assert counters["VMT_CNT_STACK_ERR"] == abi.COUNTER_STACK_ERR
     assert counters["VMT_CNT_FILTERED"] == abi.COUNTER_FILTERED
     assert counters["VMT_CNT_TARGETS_FULL"] == abi.COUNTER_TARGETS_FULL
+    assert counters["VMT_CNT_CALLS_FULL"] == abi.COUNTER_CALLS_FULL
 
 
 def test_flags_match() -> None:

@@ -276,3 +276,20 @@ def test_from_file_errors(tmp_path: Path) -> None:
     with open(path, "wb") as f:
         f.write(sample())
     assert Btf.from_file(path).member_offset("mm_struct", "total_vm") == 24
+
+
+@pytest.mark.parametrize("params", [2, 3])
+def test_tracepoint_arguments_from_its_btf_trace_prototype(params: int) -> None:
+    b = BtfBuilder()
+    ptr = b.add_ref(PTR, "", 0)
+    proto = b.add_func_proto(0, [ptr] * (params + 1))  # the context pointer comes first
+    b.add_ref(TYPEDEF, "btf_trace_mmap_lock_released", b.add_ref(PTR, "", proto))
+    btf = Btf(b.blob())
+    assert btf.tracepoint_arg_count("mmap_lock_released") == params
+    assert btf.tracepoint_arg_count("mmap_lock_acquire_returned") is None
+
+
+def test_tracepoint_typedef_not_to_a_prototype_is_absent() -> None:
+    b = BtfBuilder()
+    b.add_ref(TYPEDEF, "btf_trace_x", b.add_int("int", 4))
+    assert Btf(b.blob()).tracepoint_arg_count("x") is None

@@ -360,6 +360,12 @@ def _kernel_btf(path: Path) -> None:
          ("rss_stat", ulong, 7680)],
     )  # fmt: skip
     b.add_composite(t.STRUCT, "mm_struct", 1472, [("", anon, 0)])
+    b.add_composite(
+        t.STRUCT, "vm_unmapped_area_info", 64, [("flags", ulong, 0), ("length", ulong, 64)]
+    )
+    # the 6.1 prototype: (ctx, mm, memcg_path, write)
+    released = b.add_func_proto(0, [ptr, ptr, ptr, pid_t])
+    b.add_ref(t.TYPEDEF, "btf_trace_mmap_lock_released", b.add_ref(t.PTR, "", released))
     regs = ["r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx",
             "si", "di", "orig_ax", "ip", "cs", "flags", "sp", "ss"]  # fmt: skip
     b.add_composite(t.STRUCT, "pt_regs", 168, [(r, ulong, 64 * i) for i, r in enumerate(regs)])
@@ -384,7 +390,7 @@ def test_read_offsets_from_synthetic_btf(tmp_path: Path) -> None:
         dentry_parent=24, inode_ino=64, inode_sb=40, sb_dev=16, mount_mnt=32, mount_parent=16,
         mount_mountpoint=24, vfsmount_root=0, task_group_leader=1328, task_thread_pid=1368,
         pid_level=4, pid_numbers=144, upid_nr=0, upid_ns=8, upid_size=16, pidns_inum=136,
-        thread_size=16384, stack_top_padding=0,
+        unmapped_info_length=8, lock_tp_args=3, thread_size=16384, stack_top_padding=0,
     )  # fmt: skip
 
 

@@ -160,6 +160,24 @@ class Btf:
             return int(self._types[self._start(proto) + 1] & 0xFFFF)
         return None
 
+    def tracepoint_arg_count(self, name: str) -> int | None:
+        """How many arguments tracepoint `name` passes a raw tracepoint program (its
+        `btf_trace_<name>` prototype, less the leading context pointer); None if absent.
+        Raw programs read the arguments by position, and some tracepoints changed theirs."""
+        for off in self._name_offsets(f"btf_trace_{name}"):
+            tid = self._typedefs.get(off)
+            if tid is None:
+                continue
+            try:
+                ptr = self._types[self._start(tid) + 2]
+                proto = self._types[self._start(ptr) + 2] if self._kind(ptr) == KIND_PTR else 0
+                if not proto or self._kind(proto) != KIND_FUNC_PROTO:
+                    return None
+            except _Missing:
+                return None
+            return max(0, int(self._types[self._start(proto) + 1] & 0xFFFF) - 1)
+        return None
+
     def _bad(self, reason: str) -> EnvironmentProblem:
         return EnvironmentProblem(f"failed to parse BTF from {self._source}: {reason}")
 
@@ -204,6 +222,7 @@ class Btf:
         starts = array("l", [0])  # type id 0 is void and has no record
         by_name: dict[int, list[int]] = {}
         funcs: dict[int, int] = {}  # name offset -> type id of the FUNC
+        typedefs: dict[int, int] = {}  # name offset -> type id of the TYPEDEF
         fixed = _EXTRA_FIXED
         per_item = _EXTRA_PER_ITEM
         known = _KNOWN_KINDS
@@ -225,6 +244,9 @@ class Btf:
             elif kind == KIND_FUNC:
                 funcs.setdefault(words[pos], tid)
                 pos += 3
+            elif kind == KIND_TYPEDEF:
+                typedefs.setdefault(words[pos], tid)
+                pos += 3
             elif kind in known:
                 pos += 3 + fixed.get(kind, 0) + per_item.get(kind, 0) * (info & 0xFFFF)
             else:
@@ -235,6 +257,7 @@ class Btf:
         self._starts = starts
         self._by_name = by_name
         self._funcs = funcs
+        self._typedefs = typedefs
 
     # ----------------------------------------------------------------- lookups
 

@@ -77,6 +77,8 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "upid_nr": ("upid", "nr"),
     "upid_ns": ("upid", "ns"),
     "pidns_inum": ("pid_namespace", "ns.inum"),
+    # the free range a new mapping gets, from the raw vm_unmapped_area tracepoint
+    "unmapped_info_length": ("vm_unmapped_area_info", "length"),
 }
 
 
@@ -139,6 +141,8 @@ class KernelOffsets:
     upid_ns: int
     upid_size: int
     pidns_inum: int
+    unmapped_info_length: int
+    lock_tp_args: int  # arguments of the raw mmap_lock tracepoints (their bools come last)
     thread_size: int
     stack_top_padding: int
 
@@ -187,6 +191,8 @@ def offsets_from_btf(btf: Btf, config: dict[str, str] | None) -> KernelOffsets:
     return KernelOffsets(
         pt_regs_size=btf.struct_size("pt_regs"),
         upid_size=btf.struct_size("upid"),
+        # (mm, write) since the memcg path left the tracepoint; (mm, memcg_path, write) before
+        lock_tp_args=btf.tracepoint_arg_count("mmap_lock_released") or 2,
         thread_size=_X86_64_THREAD_SIZE * (2 if kasan else 1),
         stack_top_padding=_FRED_STACK_PADDING if fred else 0,
         **values,
