@@ -153,8 +153,18 @@ def test_every_btf_offset_matches_bpftool(raw_types: dict[int, RawType]) -> None
         assert offsets.rss_stride == int(raw_types[pcpu].attrs["size"])
         count_bits = _bits_of(raw_types, pcpu, "count")
         assert count_bits is not None and offsets.rss_count == count_bits // 8
+    # The raw lock tracepoints' arguments: btf_trace_<name> -> PTR -> FUNC_PROTO, whose
+    # parameters start with the context pointer.
+    typedef = next(
+        r for r in raw_types.values()
+        if r.kind == "TYPEDEF" and r.name == "btf_trace_mmap_lock_released"
+    )  # fmt: skip
+    proto = raw_types[int(raw_types[int(typedef.attrs["type_id"])].attrs["type_id"])]
+    assert proto.kind == "FUNC_PROTO"
+    assert offsets.lock_tp_args == int(proto.attrs["vlen"]) - 1
     # Every field is checked: the BTF ones above, the config-derived ones by their range.
     checked = set(EXPECTED_MEMBERS) | {
+        "lock_tp_args",
         "pt_regs_size",
         "upid_size",
         "thread_size",
