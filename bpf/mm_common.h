@@ -163,10 +163,12 @@ static __always_inline u64 vmt_current_mm(void)
 
 /* mm_struct keeps hiwater_vm, total_vm ... stack_vm within a few words of each other (read
  * at every lock release of a traced mm): one read when they are, three otherwise. */
-#if VMT_OFF_MM_HIWATER_VM < VMT_OFF_MM_TOTAL_VM && VMT_OFF_MM_TOTAL_VM < VMT_OFF_MM_STACK_VM && \
-	VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM <= 64 && VMT_OFF_MM_HIWATER_VM % 8 == 0 && \
-	VMT_OFF_MM_TOTAL_VM % 8 == 0 && VMT_OFF_MM_STACK_VM % 8 == 0
+#if VMT_OFF_MM_HIWATER_VM < VMT_OFF_MM_TOTAL_VM && VMT_OFF_MM_TOTAL_VM < VMT_OFF_MM_STACK_VM
+#if VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM <= 64 && VMT_OFF_MM_HIWATER_VM % 8 == 0
+#if VMT_OFF_MM_TOTAL_VM % 8 == 0 && VMT_OFF_MM_STACK_VM % 8 == 0
 #define VMT_MM_COUNTERS_IN_ONE_READ 1
+#endif
+#endif
 #endif
 
 static __always_inline void vmt_read_mm(u64 mm, struct mm_snap *s)
@@ -235,14 +237,14 @@ struct vmt_regs {
 
 /* x86_64's pt_regs keeps r10 ... di, orig_ax, ip in consecutive words: one read then
  * gives the call, its arguments and ip. Any other layout is read field by field. */
-#if VMT_OFF_PT_REGS_R9 == VMT_OFF_PT_REGS_R10 + 8 && \
-	VMT_OFF_PT_REGS_R8 == VMT_OFF_PT_REGS_R10 + 16 && \
-	VMT_OFF_PT_REGS_DX == VMT_OFF_PT_REGS_R10 + 40 && \
-	VMT_OFF_PT_REGS_SI == VMT_OFF_PT_REGS_R10 + 48 && \
-	VMT_OFF_PT_REGS_DI == VMT_OFF_PT_REGS_R10 + 56 && \
-	VMT_OFF_PT_REGS_ORIG_AX == VMT_OFF_PT_REGS_R10 + 64 && \
-	VMT_OFF_PT_REGS_IP == VMT_OFF_PT_REGS_R10 + 72
+#if VMT_OFF_PT_REGS_R9 == VMT_OFF_PT_REGS_R10 + 8 && VMT_OFF_PT_REGS_R8 == VMT_OFF_PT_REGS_R10 + 16
+#if VMT_OFF_PT_REGS_DX == VMT_OFF_PT_REGS_R10 + 40 && VMT_OFF_PT_REGS_SI == VMT_OFF_PT_REGS_R10 + 48
+#if VMT_OFF_PT_REGS_DI == VMT_OFF_PT_REGS_R10 + 56 && VMT_OFF_PT_REGS_ORIG_AX == VMT_OFF_PT_REGS_R10 + 64
+#if VMT_OFF_PT_REGS_IP == VMT_OFF_PT_REGS_R10 + 72
 #define VMT_REGS_IN_ONE_READ 1
+#endif
+#endif
+#endif
 #endif
 
 /* The call from a pt_regs of user registers (number, arguments, ip); nr is -2 when they
