@@ -50,10 +50,8 @@ static __always_inline int vmt_call_enter(u64 regs)
 	vmt_read_regs(regs, &call.call);
 	if (st->mm != mm)
 		vmt_new_mm(st, mm, call.call.nr);
-	if (inflight.update(&tid, &call) != 0) {
-		count(VMT_CNT_CALLS_FULL);
-		__sync_fetch_and_add(&st->lost, 1);
-	}
+	if (inflight.update(&tid, &call) != 0)
+		count(VMT_CNT_CALLS_FULL);  /* its changes are then judged one by one */
 	return 0;
 }
 

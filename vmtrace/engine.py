@@ -69,6 +69,11 @@ class PeakEngine:
     def pids(self) -> list[int]:
         return list(self._procs)
 
+    def lost(self, pid: int) -> int:
+        """Records of `pid` the kernel side had no room for, as its latest record said."""
+        p = self._procs.get(pid)
+        return p.lost if p else 0
+
     def expected_vm_peak_kb(self, pid: int) -> int | None:
         """None until something said (every process with an address space has VmPeak > 0:
         0 is a process that exited before /proc or a record could tell)."""

@@ -300,6 +300,12 @@ def _check_sample(rec: MappingABC[str, Any]) -> None:
 def _check_lost(rec: MappingABC[str, Any]) -> None:
     _check_int(rec, "count", required=True, null=False)
     _check_int(rec, "total", required=False, null=True)
+    by_pid = rec.get("by_pid")
+    if by_pid is not None and not (
+        isinstance(by_pid, dict)
+        and all(k.isdigit() and type(v) is int for k, v in by_pid.items())
+    ):
+        raise _Bad("field 'by_pid' is not an object of pid -> count")
 
 
 def _check_exit(rec: MappingABC[str, Any]) -> None:

@@ -218,12 +218,23 @@ def hwm_reset_record(
 
 
 def lost_record(
-    clock: WallClock, ts_ns: int, count: int, total: int, by_kind: dict[str, int] | None = None
+    clock: WallClock,
+    ts_ns: int,
+    count: int,
+    total: int,
+    by_kind: dict[str, int] | None = None,
+    by_pid: dict[int, int] | None = None,
 ) -> Record:
     """`by_kind`: totals so far of grow/shrink (`changes`) and peak/latch/lifecycle
-    (`vital`) records dropped, stacks not read, processes the targets map had no room for."""
+    (`vital`) records dropped, stacks not read, processes the targets map had no room for.
+    `by_pid`: records dropped so far per traced process that lost any."""
     rec = _common("lost", clock, ts_ns)
-    rec.update(count=count, total=total, by_kind=by_kind or {})
+    rec.update(
+        count=count,
+        total=total,
+        by_kind=by_kind or {},
+        by_pid={str(pid): n for pid, n in sorted((by_pid or {}).items())},
+    )
     return rec
 
 

@@ -370,6 +370,14 @@ class BccSession:
     def filtered(self) -> int:
         return self._counter(COUNTER_FILTERED)
 
+    def lost_of(self, pid: int) -> int | None:
+        """Records of `pid` the kernel side had no room for so far; None once it is gone."""
+        try:
+            st = self._bpf["targets"][ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+        return int(st.lost)
+
     def kernel_peak_pages(self, pid: int) -> int | None:
         """The kernel side's VmPeak for `pid` (max(total_vm, hiwater_vm) it has seen)."""
         try:

@@ -389,9 +389,12 @@ class ConsoleSink:
         elif t == "mismatch":
             lines.append(f"{self._t(rec)} MISMATCH pid {rec['pid']}: {rec['detail']}")
         elif t == "lost":
+            by_pid = rec.get("by_pid") or {}
+            whose = "".join(f", pid {pid}: {n}" for pid, n in by_pid.items())
             lines.append(
                 f"{self._t(rec)} LOST  {rec['count']} records dropped by the kernel "
-                f"(ring buffer full; {rec['total']} in all): rebuilt VmPeak may be off"
+                f"(ring buffer full; {rec['total']} in all{whose}): the address space shown "
+                "may miss mappings; VmPeak stays exact"
             )
         elif t == "exit":
             peak = rec["vm_peak_kb"]

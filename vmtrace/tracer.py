@@ -629,8 +629,16 @@ class Tracer:
         if total > self.lost_reported:
             now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             by_kind = dataclasses.asdict(self.session.losses())
+            by_pid = {}
+            for pid in self.engine.pids():
+                # the kernel's count while the process lives, its last record's after
+                n = max(self.session.lost_of(pid) or 0, self.engine.lost(pid))
+                if n:
+                    by_pid[pid] = n
             self._emit(
-                schema.lost_record(self.clock, now, total - self.lost_reported, total, by_kind)
+                schema.lost_record(
+                    self.clock, now, total - self.lost_reported, total, by_kind, by_pid
+                )
             )
             self.lost_reported = total
 

@@ -594,6 +594,9 @@ def test_event_flood_is_counted_and_peak_exact(hardload: Path, tmp_path: Path) -
         by_kind = end["lost_by_kind"]
         assert by_kind["changes"] + by_kind["vital"] == end["lost"]
         assert by_kind["vital"] == 0, "a flood of grow/shrink pushed out a peak or a latch"
+        # one process traced: the records lost are its own
+        assert set(lost_recs[-1]["by_pid"]) == {str(rep["pid"])}, lost_recs[-1]
+        assert lost_recs[-1]["by_pid"][str(rep["pid"])] > 0
     counted = [r for r in records if r["type"] in ("grow", "shrink", "peak", "latch")]
     assert end["events"] >= len(counted) > 0
     assert end["events"] + end["lost"] >= changes, (end["events"], end["lost"], changes)

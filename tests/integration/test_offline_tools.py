@@ -175,13 +175,25 @@ def test_report_agrees_with_the_log_and_the_workload(recorded: Recorded) -> None
     assert "final VmPeak" in text and f"[{p.final_vm_peak_kb} kB]" in text
 
 
+def _changes(recorded: Recorded) -> str:
+    """The log's changes, one line each: what a failed replay check needs to be read."""
+    rows = []
+    for n, r in enumerate(recorded.records, 1):
+        if r.get("syscall") is not None or r["type"] in ("maps", "baseline"):
+            rows.append(
+                f"line {n}: {r['type']} {r.get('syscall')} {r.get('args')} = {r.get('ret')} "
+                f"total_vm {r.get('total_vm_kb_before')} -> {r.get('total_vm_kb_after')} kB"
+            )
+    return "\n".join(rows)
+
+
 def test_composition_at_the_final_peak_adds_up_exactly(recorded: Recorded) -> None:
     _, p = _report(recorded)
     comp = p.composition
     assert comp is not None and comp.at == "peak"
-    assert comp.unattributed_kb == 0, (comp.note, p.replay_first_problem)
+    assert comp.unattributed_kb == 0, (comp.note, p.replay_first_problem, _changes(recorded))
     assert comp.total_kb == comp.vm_peak_kb == p.final_vm_peak_kb
-    assert p.replay_lost_track == 0, p.replay_first_problem
+    assert p.replay_lost_track == 0, (p.replay_first_problem, _changes(recorded))
     groups = {g.group: g.kb for g in comp.groups}
     # what the workload left mapped at its last step, from its own steps
     reserve = recorded.step("reserve-1g")["len_kb"]

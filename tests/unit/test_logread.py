@@ -122,6 +122,10 @@ def test_complete_last_line_without_newline_is_a_record(tmp_path: Path) -> None:
             "line 3: lost record: field 'count' is not an integer (\"3\")",
         ),
         (
+            '{"type": "lost", "ts_ns": 5, "count": 3, "by_pid": {"12": "x"}}',
+            "line 3: lost record: field 'by_pid' is not an object of pid -> count",
+        ),
+        (
             '{"type": "lost", "ts_ns": true, "count": 3}',
             "line 3: lost record: field 'ts_ns' is not an integer (true)",
         ),

@@ -262,7 +262,7 @@ def all_records(eng: PeakEngine, recs: list[Explained]) -> Iterator[dict[str, An
         yield schema.explained_record(r, CLOCK)
     yield schema.sample_record(SampleCheck(TS, PID, status, 75_536, True, False), CLOCK, "job")
     yield schema.sample_record(SampleCheck(TS, PID, status, 70_000, False, True), CLOCK, "job")
-    yield schema.lost_record(CLOCK, TS, 3, 5)
+    yield schema.lost_record(CLOCK, TS, 3, 5, {"changes": 5}, {PID: 4, 77: 1})
     yield schema.exit_record(CLOCK, TS, PID, "job", 75_536, "proc", recs[-1], None)
     yield schema.end_record(CLOCK, TS, "interrupted", 3, 5, eng.summary())
 
@@ -556,7 +556,11 @@ def test_console_lost_exit_and_end(
     eng, recs = engine_and_records
     by_type = {rec["type"]: rec for rec in all_records(eng, recs)}
     (lost,) = console([by_type["lost"]])
-    assert " LOST  3 records dropped by the kernel (ring buffer full; 5 in all)" in lost
+    assert lost.endswith(
+        " LOST  3 records dropped by the kernel (ring buffer full; 5 in all, pid 77: 1, "
+        "pid 4242: 4): the address space shown may miss mappings; VmPeak stays exact"
+    )
+    assert by_type["lost"]["by_pid"] == {"77": 1, "4242": 4}
     (ex,) = console([by_type["exit"]])
     assert ex.endswith(" EXIT  pid 4242 job: final VmPeak 73.77 MiB [75536 kB]")
     assert console([by_type["end"]]) == [
