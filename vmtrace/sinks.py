@@ -13,6 +13,13 @@ from vmtrace.units import WallClock, human_bytes, human_kb
 Record = dict[str, Any]
 
 
+_KERNEL_MISSES = (
+    ("stacks", "user stacks not read (those records have no call chain)"),
+    ("targets_full", "processes not traced (the targets map was full)"),
+    ("calls_full", "calls judged change by change (the calls-in-flight map was full)"),
+)
+
+
 class Sink(Protocol):
     def write(self, rec: Record) -> None: ...
     def flush(self) -> None: ...
@@ -453,6 +460,11 @@ class ConsoleSink:
         lines = [
             f"--- vmtrace summary ({rec['reason']}; {rec['events']} events, {rec['lost']} lost)"
         ]
+        # what the kernel side could not do without losing a record: said once, here
+        by_kind = rec.get("lost_by_kind") or {}
+        missed = [f"{n} {what}" for key, what in _KERNEL_MISSES if (n := by_kind.get(key))]
+        if missed:
+            lines.append(f"kernel side: {', '.join(missed)}")
         for s in rec["summary"]:
             if not s["vm_peak_kb"]:
                 lines.append(

@@ -827,3 +827,16 @@ def test_console_sums_the_loaders_start_up_in_one_line() -> None:
     assert sum(" PEAK " in ln for ln in console([execrec, *loaders, mine], verbose=1)) == 4
     # a process that exits while loading still gets its line
     assert any(" LOAD " in ln for ln in console([execrec, loaders[0], dict(execrec, type="exit")]))
+
+
+def test_console_summary_says_what_the_kernel_side_missed() -> None:
+    end = schema.end_record(
+        CLOCK, TS, "interrupted", 3, 0, [], {"changes": 0, "vital": 0, "stacks": 2, "calls_full": 1}
+    )
+    assert console([end]) == [
+        "--- vmtrace summary (interrupted; 3 events, 0 lost)",
+        "kernel side: 2 user stacks not read (those records have no call chain), "
+        "1 calls judged change by change (the calls-in-flight map was full)",
+    ]
+    quiet = schema.end_record(CLOCK, TS, "interrupted", 3, 0, [], {"changes": 0, "stacks": 0})
+    assert console([quiet]) == ["--- vmtrace summary (interrupted; 3 events, 0 lost)"]
