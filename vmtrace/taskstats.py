@@ -1,46 +1,18 @@
 """The kernel's own memory high-water marks of a task, from the taskstats genetlink family.
 
-Two uses (issue 4, "Exit and cross-checks with taskstats"):
+- `query(pid)` / `TaskstatsClient.query`: a live task's record, to cross-check VmPeak and
+  VmHWM against /proc at attach and at each sample.
+- `ExitListener`: exit notifications for every task, so that a traced process that is gone
+  (its /proc with it) still yields its final VmPeak and VmHWM.
 
-- `query(pid)` (or `TaskstatsClient.query` to reuse one socket): the per-task record of a live
-  thread or process, to cross-check VmPeak / VmHWM against /proc at attach and at each sample.
-- `ExitListener`: exit notifications for every task of the system, so that a traced process
-  or thread that is gone (and its /proc with it) still yields its final VmPeak and VmHWM.
+Units: `hiwater_vm` and `hiwater_rss` are in KiB. `hiwater_vm` is VmPeak exactly; `hiwater_rss`
+is VmHWM without the RSS counters' per-CPU deltas that /proc adds on 6.2+ (a few hundred KiB at
+most). Both are mm-wide. A zombie or a kernel thread has no mm (both 0): `query` refuses it.
+The per-process (TGID) records carry no memory fields, so a process's values are those of its
+last thread's record in the same exit message, filled before the mm is released.
 
-Units, verified on Linux 6.18 against /proc/PID/status of a quiescent process: taskstats'
-`hiwater_vm` and `hiwater_rss` are in KiB (the kernel multiplies pages by PAGE_SIZE / 1024), the
-unit /proc calls "kB". `hiwater_vm` equals VmPeak exactly. `hiwater_rss` is VmHWM computed
-from the mm's RSS counters without folding in their per-CPU deltas (get_mm_rss), whereas /proc
-sums them in recent kernels (6.18 here): the two can differ by up to 3 counters x CPUs x counter
-batch pages (a few hundred KiB on a small machine; 92-204 KiB lower was seen on 2 CPUs). Both
-are mm-wide: every thread of a process reports the same values.
-
-What the kernel sends (taskstats v16 on 6.18, also checked against its source):
-
-- A query of a zombie or a kernel thread has no mm: both marks are 0. `query` raises TargetError
-  then rather than report a peak of 0.
-- A TASKSTATS_CMD_ATTR_TGID query, and the TASKSTATS_TYPE_AGGR_TGID record sent when a process
-  exits, aggregate only delay accounting and context switches: their memory fields are 0. So
-  there is no `query_tgid`: query any live thread of the process instead (same mm). In exit
-  records the process-wide ("tgid") record takes its memory fields from the last thread's record
-  of the same message, which the kernel fills before the mm is released (do_exit calls
-  taskstats_exit before exit_mm), so they are the process's final VmPeak / VmHWM.
-- Each exiting thread yields an AGGR_PID record; the one whose exit ends the thread group
-  carries AGROUP in ac_flag (taskstats v12+). The kernel adds an AGGR_TGID record
-  to that message only if the process ever had another thread at a thread's exit; for a
-  single-threaded process the listener derives the "tgid" record from the AGROUP thread record,
-  so that every process exit yields exactly one record with aggregate == "tgid".
-
-pyroute2 is the codec: its ctrlmsg / tcmd classes encode requests and its Marshal with
-taskstatsmsg decodes replies. The socket I/O is done here with a plain AF_NETLINK socket:
-pyroute2's NetlinkSocket (0.9) runs an asyncio loop around it, and after an asynchronous socket
-error such as ENOBUFS it refuses every later call, which a long-lived listener that must count
-overruns and carry on cannot use. pyroute2 is imported on first use (its import reads /proc and
-takes ~150 ms); importing this module does no I/O.
-
-pyroute2 0.9 decodes struct taskstats by name only up to cpu_scaled_run_real_total for every
-version but 15 (whose layout it knows fully); ac_tgid (v12+, at offset 368 in every version but
-the reshuffled 15) is then read from the attribute's raw payload.
+pyroute2 encodes and decodes the messages; the socket is a plain AF_NETLINK one because the
+listener must count ENOBUFS overruns and keep reading, which pyroute2's own socket does not allow.
 """
 
 from __future__ import annotations
@@ -219,6 +191,7 @@ def _raw_payload(stats: Any) -> bytes | None:
 
 
 def _ac_tgid(stats: Any, version: int) -> int | None:
+    """The thread's process id; from the raw struct when the decoder stops short of it."""
     value = _get(stats, "ac_tgid")
     if value is None and version >= _AC_TGID_SINCE_VERSION and version != _RESHUFFLED_VERSION:
         raw = _raw_payload(stats)
