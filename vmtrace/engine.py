@@ -49,6 +49,7 @@ class _Process:
     hwm_set_by: Explained | None = None
     mm_id: int = 0  # the image being followed (0: not known yet)
     lost: int = 0  # the kernel side's count of this process's dropped records
+    stacks_unread: int = 0  # records whose user stack the kernel side could not read
     hwm_reset_ns: int = 0  # VmHWM was reset then: records made before say nothing of it
     hwm_raised_ns: int = 0  # when the record that last raised vm_hwm_kb was made
     # --min-delta: the kernel side's per-mm peak, read at the samples: above vm_peak_kb by
@@ -85,6 +86,7 @@ class PeakEngine:
         if p is None:
             p = self._procs[change.pid] = _Process(comm=change.comm)
         p.lost = max(p.lost, change.lost)
+        p.stacks_unread += change.stack_unread
         now = max(change.total_vm_kb_after, change.hiwater_vm_kb_after)
         kind = change.kind
 
@@ -276,6 +278,7 @@ class PeakEngine:
                     vm_hwm_kb=p.vm_hwm_kb,
                     hwm_set_by=p.hwm_set_by,
                     lost=p.lost,
+                    stacks_unread=p.stacks_unread,
                 )
             )
         return out

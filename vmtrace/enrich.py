@@ -155,6 +155,7 @@ class Enricher:
             mm_id=ev.mm_id,
             folded_rises=ev.folded_rises,
             lost=ev.lost,
+            stack_unread=ev.user_stack is not None and not ev.user_stack.data,
         )
 
     def unwind(self, pid: int, stack: UserStack) -> list[Frame]:

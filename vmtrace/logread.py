@@ -409,6 +409,8 @@ def _change(rec: MappingABC[str, Any]) -> Change:
             raise _Bad(f"field 'mm_id' is not a hex number ({_show(mm_id)})") from None
     if isinstance(rec.get("rises_covered"), int):
         extra["folded_rises"] = rec["rises_covered"]
+    if rec.get("stack_unread") is True:
+        extra["stack_unread"] = True
     return dataclasses.replace(change, **extra) if extra else change
 
 

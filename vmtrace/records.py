@@ -113,6 +113,7 @@ class Change:
     mm_id: int = 0  # the address space: records of an earlier image have another one
     folded_rises: int = 0  # --min-delta: smaller VmPeak rises this peak covers
     lost: int = 0  # records of this process the kernel side had no room for, so far
+    stack_unread: bool = False  # a stack was to be copied, but the user stack could not be read
 
     @property
     def delta_kb(self) -> int:
@@ -167,3 +168,4 @@ class ProcessSummary:
     vm_hwm_kb: int = 0
     hwm_set_by: Explained | None = None
     lost: int = 0  # records of this process the kernel side had no room for
+    stacks_unread: int = 0  # its records whose user stack could not be read

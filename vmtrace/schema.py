@@ -160,6 +160,8 @@ def explained_record(e: Explained, clock: WallClock) -> Record:
     )
     if e.type == "peak" and c.folded_rises:
         rec["rises_covered"] = c.folded_rises
+    if c.stack_unread:
+        rec["stack_unread"] = True  # `stack` is then what the registers alone gave
     if e.type == "hwm":
         rec.update(hwm_kb_before=c.hwm_kb_before, rss_member=c.rss_member)
     elif e.type == "fork":
@@ -369,6 +371,7 @@ def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
         "peaks": s.peaks,
         "latches": s.latches,
         "lost": s.lost,
+        "stacks_unread": s.stacks_unread,
         "set_by": set_by,
         "top_causes": [{"cause": t.cause, "mapping": t.mapping, "kb": t.kb} for t in s.top_causes],
     }

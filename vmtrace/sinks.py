@@ -480,6 +480,11 @@ class ConsoleSink:
                     f"  {s['lost']} of its records lost (ring buffer full): its shadow address "
                     "space may miss mappings; VmPeak stays exact"
                 )
+            if s.get("stacks_unread"):
+                lines.append(
+                    f"  {s['stacks_unread']} of its records have no call chain: its user "
+                    "stack could not be read"
+                )
             if s.get("vm_hwm_kb"):
                 lines.append(f"  VmHWM {human_kb(s['vm_hwm_kb'])} [{s['vm_hwm_kb']} kB]")
                 hb = s.get("hwm_set_by")

@@ -393,6 +393,7 @@ def changes(draw: st.DrawFn) -> Change:
         kernel_peak_kb_before=draw(_kb),
         mapping=mapping,
         stack=draw(st.none() | st.lists(_frames, max_size=5).map(tuple)),
+        stack_unread=draw(st.booleans()),
     )
 
 

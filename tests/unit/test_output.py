@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -840,3 +841,20 @@ def test_console_summary_says_what_the_kernel_side_missed() -> None:
     ]
     quiet = schema.end_record(CLOCK, TS, "interrupted", 3, 0, [], {"changes": 0, "stacks": 0})
     assert console([quiet]) == ["--- vmtrace summary (interrupted; 3 events, 0 lost)"]
+
+
+def test_records_without_a_readable_stack_are_counted_per_process() -> None:
+    eng = PeakEngine()
+    eng.start(PID, "job", ProcStatus(10_000, 10_000, 500, 500))
+    unread = dataclasses.replace(mmap_change(), stack_unread=True)
+    for c in (unread, munmap_change(), dataclasses.replace(grow_change(), stack_unread=True)):
+        eng.explain(c)
+    (s,) = eng.summary()
+    assert s.stacks_unread == 2
+    assert schema.explained_record(eng.explain(unread), CLOCK)["stack_unread"] is True
+    assert "stack_unread" not in schema.explained_record(eng.explain(grow_change()), CLOCK)
+    end = schema.end_record(CLOCK, TS, "interrupted", 3, 0, eng.summary())
+    assert end["summary"][0]["stacks_unread"] == 3
+    assert "  3 of its records have no call chain: its user stack could not be read" in console(
+        [end]
+    )
