@@ -186,8 +186,9 @@ static __always_inline void vmt_fill_rss(struct vmt_event *e, u64 mm)
 	e->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 }
 
-static __always_inline void vmt_fill_counters(struct vmt_event *e, struct mm_snap *before,
-					      struct mm_snap *after, u64 peak_before, u64 mm)
+/* The counters a record reports: the change's before and after, and the mm's break. */
+static __always_inline void vmt_fill_vm(struct vmt_event *e, struct mm_snap *before,
+					struct mm_snap *after, u64 peak_before, u64 mm)
 {
 	e->mm_id = mm;
 	e->total_vm_before = before->total_vm;
@@ -197,28 +198,15 @@ static __always_inline void vmt_fill_counters(struct vmt_event *e, struct mm_sna
 	e->hiwater_vm_after = after->hiwater_vm;
 	e->stack_vm_after = after->stack_vm;
 	e->peak_before = peak_before;
-	vmt_fill_rss(e, mm);
 	e->brk_after = vmt_read_u64(mm + VMT_OFF_MM_BRK);
 }
 
-/* The same, with the RSS values the state was just given at this change. */
-static __always_inline void vmt_fill_changed(struct vmt_event *e, struct mm_snap *before,
-					     struct mm_snap *after, u64 peak_before, u64 mm,
-					     struct target_state *st)
+/* The same, with the RSS read from the mm now. */
+static __always_inline void vmt_fill_counters(struct vmt_event *e, struct mm_snap *before,
+					      struct mm_snap *after, u64 peak_before, u64 mm)
 {
-	e->mm_id = mm;
-	e->total_vm_before = before->total_vm;
-	e->hiwater_vm_before = before->hiwater_vm;
-	e->stack_vm_before = before->stack_vm;
-	e->total_vm_after = after->total_vm;
-	e->hiwater_vm_after = after->hiwater_vm;
-	e->stack_vm_after = after->stack_vm;
-	e->peak_before = peak_before;
-	e->rss_file = st->rss_file;
-	e->rss_anon = st->rss_anon;
-	e->rss_shmem = st->rss_shmem;
-	e->hiwater_rss = st->hiwater_rss;
-	e->brk_after = vmt_read_u64(mm + VMT_OFF_MM_BRK);
+	vmt_fill_vm(e, before, after, peak_before, mm);
+	vmt_fill_rss(e, mm);
 }
 
 static __always_inline void vmt_fill_call(struct vmt_event *e, struct vmt_regs *r)

@@ -112,7 +112,11 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
 	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 	e->kind = vmt_decoded_call(r->nr) ? VMT_KIND_SYSCALL : VMT_KIND_OTHER;
-	vmt_fill_changed(e, before, after, peak_before, mm, st);
+	vmt_fill_vm(e, before, after, peak_before, mm);
+	e->rss_file = st->rss_file;  /* just read for the state */
+	e->rss_anon = st->rss_anon;
+	e->rss_shmem = st->rss_shmem;
+	e->hiwater_rss = st->hiwater_rss;
 	vmt_fill_call(e, r);
 	e->folded_rises = folded;
 	if (has_ret) {
