@@ -8,12 +8,14 @@ by the kernel's record alone (the file as it saw it at the change): neither an f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
 from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
 from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Frame, Mapping, UserStack
 from vmtrace.shadow import ShadowMap
+from vmtrace.space import AddressSpaces
 from vmtrace.syscalls import (
     MAP_ANONYMOUS,
     MAP_SHARED,
@@ -69,19 +71,16 @@ class Enricher:
         self._read_maps = read_maps
         self._unwinder = unwinder
         self._max_frames = max_frames
-        self._shadows: dict[int, ShadowMap] = {}
+        self.spaces = AddressSpaces(page_size)
 
     def attach(self, pid: int, mappings: list[Mapping]) -> None:
-        self._shadows[pid] = ShadowMap(mappings)
+        self.spaces.seed(pid, mappings)
 
     def forget(self, pid: int) -> None:
-        self._shadows.pop(pid, None)
+        self.spaces.forget(pid)
 
     def shadow(self, pid: int) -> ShadowMap:
-        shadow = self._shadows.get(pid)
-        if shadow is None:
-            shadow = self._shadows[pid] = ShadowMap()
-        return shadow
+        return self.spaces.of(pid).shadow
 
     def enrich(self, ev: KernelEvent) -> Change:
         kp = self._kb_per_page
@@ -97,8 +96,7 @@ class Enricher:
         if ev.kind is EventKind.BASELINE:
             cause = "baseline"
         elif ev.kind is EventKind.FORK:
-            cause = "fork"
-            self.attach(ev.pid, self._read_maps(ev.pid))
+            cause = "fork"  # the child's space: a copy of its parent's (applied below)
         elif ev.kind is EventKind.HWM:
             member = _RSS_MEMBERS.get(ev.rss_member, "rss")
             cause = f"{member}-pages" if name is None else f"{member}-pages:{name}"
@@ -108,10 +106,9 @@ class Enricher:
             cause = "oom-kill"
         elif ev.kind is EventKind.EXEC:
             cause = name if name in ("execve", "execveat") else "execve"
-            self.attach(ev.pid, self._read_maps(ev.pid))
         elif ev.kind is EventKind.OTHER and stack_grew and delta_bytes > 0:
             cause = "stack-growth"
-            mapping = self._grow_stack(shadow, ev, delta_bytes)
+            mapping = self._stack_growth(shadow, ev, delta_bytes)
         elif ev.kind is EventKind.OTHER and ev.flags & FLAG_NO_REGS:
             cause = "unknown"  # the task's user registers could not be read
         elif ev.kind is EventKind.OTHER:
@@ -119,9 +116,9 @@ class Enricher:
         else:
             cause = name or "unknown"
             if ret is None or ret >= 0:
-                mapping = self._apply_syscall(shadow, ev, name, ret, delta_bytes)
+                mapping = self._mapping_of(shadow, ev, name, ret, delta_bytes)
 
-        return Change(
+        change = Change(
             kind=kind,
             ts_ns=ev.ts_ns,
             pid=ev.pid,
@@ -139,7 +136,9 @@ class Enricher:
             stack_vm_kb_after=ev.stack_vm_after_pages * kp,
             kernel_peak_kb_before=ev.peak_before_pages * kp,
             mapping=mapping,
-            stack=self._stack(ev),
+            # A stack runs in code its change neither maps nor unmaps; an exec's registers
+            # are the new image's, so its stack waits for the new image's files (below).
+            stack=None if ev.kind is EventKind.EXEC else self._stack(ev),
             rss_kb=ev.rss_after_pages * kp,
             hwm_kb=max(ev.rss_after_pages, ev.hiwater_rss_pages) * kp,
             hwm_kb_before=ev.hwm_before_pages * kp if ev.kind is EventKind.HWM else 0,
@@ -157,6 +156,14 @@ class Enricher:
             lost=ev.lost,
             stack_unread=ev.user_stack is not None and not ev.user_stack.data,
         )
+        space = self.spaces.apply(change)
+        if ev.kind is EventKind.EXEC or (ev.kind is EventKind.FORK and not space.known):
+            # the new image's files (or a child whose parent's space is not known), as /proc
+            # shows them now: what its stacks run in
+            self.spaces.seed(ev.pid, self._read_maps(ev.pid))
+        if ev.kind is EventKind.EXEC and ev.user_stack is not None:
+            return dataclasses.replace(change, stack=self._stack(ev))
+        return change
 
     def unwind(self, pid: int, stack: UserStack) -> list[Frame]:
         """The frames of `stack`, resolved against what `pid`'s shadow address space says was
@@ -166,26 +173,24 @@ class Enricher:
         return self._unwinder.unwind(stack, self.shadow(pid).find, self._max_frames)
 
     def _stack(self, ev: KernelEvent) -> tuple[Frame, ...] | None:
-        # Called once the change is in the shadow: the code a stack runs in is not what a
-        # change maps or unmaps, except after an exec, whose registers are the new image's.
         if ev.user_stack is None or self._unwinder is None:
             return None
         return tuple(self.unwind(ev.pid, ev.user_stack))
 
-    def _grow_stack(self, shadow: ShadowMap, ev: KernelEvent, delta: int) -> Mapping:
+    def _stack_growth(self, shadow: ShadowMap, ev: KernelEvent, delta: int) -> Mapping:
+        """The pages the main stack grew by: below its lowest, or at the stack pointer."""
         stack = shadow.by_path("[stack]")
         if stack is None:
             sp = ev.user_stack.sp if ev.user_stack is not None else 0
             lo = sp & ~(self._page - 1)
-            grown = Mapping(lo, lo + delta, "rw-p", "[stack]")
-        else:
-            grown = Mapping(stack.start - delta, stack.end, stack.perms, "[stack]")
-        shadow.insert(grown)
-        return Mapping(grown.start, grown.start + delta, grown.perms, "[stack]")
+            return Mapping(lo, lo + delta, "rw-p", "[stack]")
+        return Mapping(stack.start - delta, stack.start, stack.perms, "[stack]")
 
-    def _apply_syscall(
+    def _mapping_of(
         self, shadow: ShadowMap, ev: KernelEvent, name: str | None, ret: int | None, delta: int
     ) -> Mapping | None:
+        """What a traced call mapped (or, for an unmap, what it removed), named from what
+        the shadow says was there before it; the space applies it afterwards."""
         a = ev.args_raw
         page = self._page
         if name == "mmap" and ret is not None:
@@ -196,24 +201,18 @@ class Enricher:
             else:
                 path = ev.file.path if ev.file is not None else UNNAMED_FILE
             perms = prot_letters(prot) + ("s" if flags & MAP_SHARED else "p")
-            m = Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
-            shadow.insert(m)
-            return m
+            return Mapping(ret, end, perms, path, a[5] if path != "[anon]" else 0)
         if name == "munmap":
-            start, end = a[0], a[0] + page_align(a[1], page)
-            return self._unmap(shadow, start, end)
+            return self._removed(shadow, a[0], a[0] + page_align(a[1], page))
         if name == "brk" and ret is not None:
             # The return value is the new break: the truth, where the shadow's heap may
             # already be ahead (re-read from /proc after an exec, later than the exec).
             new_end = page_align(ret, page)
             old_end = new_end - delta
             heap = shadow.by_path("[heap]")
-            start = heap.start if heap is not None else min(old_end, new_end)
             perms = heap.perms if heap is not None else "rw-p"
             if delta >= 0:
-                shadow.insert(Mapping(start, new_end, perms, "[heap]"))
                 return Mapping(old_end, new_end, perms, "[heap]")
-            shadow.remove(new_end, old_end)
             return Mapping(new_end, old_end, perms, "[heap]")
         if name == "mremap" and ret is not None:
             old, old_len, new_len = a[0], page_align(a[1], page), page_align(a[2], page)
@@ -221,26 +220,20 @@ class Enricher:
             first = shadow.find(old)
             perms = first.perms if first else "rw-p"
             offset = first.offset + old - first.start if first else 0
-            if old_len:
-                shadow.remove(old, old + old_len)
-            m = Mapping(ret, ret + new_len, perms, path, offset)
-            shadow.insert(m)
-            return m
+            return Mapping(ret, ret + new_len, perms, path, offset)
         if name == "shmat" and ret is not None and delta > 0:
             perms = "r--s" if a[2] & SHM_RDONLY else "rw-s"
-            m = Mapping(ret, ret + delta, perms, "[shm]")
-            shadow.insert(m)
-            return m
+            return Mapping(ret, ret + delta, perms, "[shm]")
         if name == "shmdt" and delta < 0:
-            return self._unmap(shadow, a[0], a[0] - delta)
+            return self._removed(shadow, a[0], a[0] - delta)
         return None
 
     @staticmethod
-    def _unmap(shadow: ShadowMap, start: int, end: int) -> Mapping:
-        pieces = shadow.remove(start, end)
-        perms = pieces[0].perms if pieces else "----"
+    def _removed(shadow: ShadowMap, start: int, end: int) -> Mapping:
         names: list[str] = []
+        pieces = shadow.overlapping(start, end)
         for p in pieces:
             if p.path not in names:
                 names.append(p.path)
+        perms = pieces[0].perms if pieces else "----"
         return Mapping(start, end, perms, ", ".join(names) if names else "[unknown]")

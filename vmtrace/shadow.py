@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from vmtrace.records import Mapping
 
+_ONE_AREA = ("[heap]", "[stack]")
+
 
 class ShadowMap:
     def __init__(self, mappings: Iterable[Mapping] = ()) -> None:
@@ -56,10 +58,16 @@ class ShadowMap:
         return removed
 
     def insert(self, m: Mapping) -> None:
-        """Map `m`, replacing whatever it overlaps (MAP_FIXED semantics)."""
+        """Map `m`, replacing whatever it overlaps (MAP_FIXED semantics). The heap and the
+        main stack grow by pieces but stay one area (`by_path` finds all of it)."""
         if m.end <= m.start:
             return
         self.remove(m.start, m.end)
+        if m.path in _ONE_AREA:
+            for n in self.overlapping(m.start - 1, m.end + 1):
+                if n.path == m.path and n.perms == m.perms:
+                    self._delete(n)
+                    m = Mapping(min(m.start, n.start), max(m.end, n.end), m.perms, m.path)
         self._add(m)
 
     def name_of(self, start: int, end: int) -> str | None:

@@ -40,6 +40,7 @@ def ev(
     pid: int = PID,
     file: MappedFile | None = None,
     user_stack: UserStack | None = None,
+    aux: int = 0,
 ) -> KernelEvent:
     """A kernel record; counters in pages."""
     return KernelEvent(
@@ -63,6 +64,7 @@ def ev(
         user_stack=user_stack
         if user_stack is not None or not user_sp
         else UserStack(ip=0x5555_5555_1234, sp=user_sp, bp=0, data=b""),
+        aux=aux,
     )
 
 

@@ -329,7 +329,7 @@ def test_address_space_map_fixed_over_the_exec_image_shrinks_the_image() -> None
     a.exec(400)
     m = Mapping(0x400000, 0x404000, "rw-p", "[anon]")
     c = _change("mmap", 400, 408, m, args={"flags": "private|anon|fixed"})
-    a.apply(c, {"args": {"flags": "private|anon|fixed"}}, "line 2")
+    a.apply(c, "line 2")
     snap = a.snapshot()
     assert snap.groups[EXEC_IMAGE] == 392 and snap.groups[ANON] == 16
     assert a.total_kb() == 408 and a.lost_track == 0
@@ -338,7 +338,7 @@ def test_address_space_map_fixed_over_the_exec_image_shrinks_the_image() -> None
 def test_address_space_mremap_and_unknown_start() -> None:
     a = AddressSpace()
     grow = _change("brk", 1000, 1132, Mapping(0x5000_0000, 0x5002_1000, "rw-p", "[heap]"))
-    a.apply(grow, {}, "line 1")  # nothing known yet: 1000 kB from before tracing
+    a.apply(grow, "line 1")  # nothing known yet: 1000 kB from before tracing
     assert a.snapshot().groups == {**a.snapshot().groups, "before tracing": 1000, HEAP: 132}
     move = _change(
         "mremap",
@@ -347,10 +347,10 @@ def test_address_space_mremap_and_unknown_start() -> None:
         Mapping(0x6000_0000, 0x6004_1000, "rw-p", "[heap]"),
         args={"old_addr": "0x50000000", "old_len": 135168, "new_len": 266240},
     )
-    a.apply(move, {"args": move.args}, "line 2")
+    a.apply(move, "line 2")
     assert a.snapshot().groups[HEAP] == 260 and a.total_kb() == 1164 and a.lost_track == 0
     # a record the replay cannot follow is counted, not hidden
-    a.apply(_change("munmap", 1164, 1100, None), {}, "line 3")
+    a.apply(_change("munmap", 1164, 1100, None), "line 3")
     assert a.total_kb() == 1100 and a.other_causes == {"munmap": -64}
 
 

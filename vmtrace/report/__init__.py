@@ -38,7 +38,7 @@ from vmtrace.report.model import (
     Report,
 )
 from vmtrace.report.render import merge_runs, render_markdown, render_text, report_dict, report_json
-from vmtrace.report.space import (
+from vmtrace.space import (
     ANON,
     BEFORE,
     EXEC_IMAGE,

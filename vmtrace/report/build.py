@@ -42,17 +42,18 @@ from vmtrace.report.model import (
     ProcessReport,
     Report,
 )
-from vmtrace.report.space import (
+from vmtrace.sinks import describe_call
+from vmtrace.space import (
     BEFORE,
     EXEC_IMAGE,
     GROUPS,
     OTHER,
     AddressSpace,
+    AddressSpaces,
     Snapshot,
     group_of,
     kb_of,
 )
-from vmtrace.sinks import describe_call
 from vmtrace.units import human_kb
 
 # -- building -----------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class ReportBuilder:
         self.start: Record | None = None
         self.t0 = 0
         self.page = 4096
+        self.spaces = AddressSpaces(self.page)
         self.pending: dict[int, tuple[str, ProcStatus | None]] = {}
         self.end: Record | None = None
         self.lost = 0
@@ -202,7 +204,7 @@ class ReportBuilder:
             p = self.procs[pid] = _Proc(
                 pid=pid,
                 comm=comm or "?",
-                space=AddressSpace(self.page),
+                space=self.spaces.of(pid),
                 timeline=_Bounded(self.max_peaks),
                 hwm=_Bounded(self.max_peaks),
             )
@@ -263,6 +265,7 @@ class ReportBuilder:
         self.start = rec
         self.t0 = rec["ts_ns"]
         self.page = rec.get("page_size") or 4096
+        self.spaces = AddressSpaces(self.page)
         for t in rec.get("targets") or []:
             pid = t["pid"]
             status = t.get("status")
@@ -279,7 +282,7 @@ class ReportBuilder:
         if self.only_pid is not None and pid != self.only_pid:
             return
         p = self._proc(pid, comm)
-        p.space.seed(parse_mapping(m, "mappings[]") for m in rec["mappings"])
+        p.space = self.spaces.seed(pid, (parse_mapping(m, "mappings[]") for m in rec["mappings"]))
         p.start_vm_peak_kb = status.vm_peak_kb if status else None
         p.attach_snapshot = p.space.snapshot()
         p.attach_line = self.line
@@ -292,8 +295,6 @@ class ReportBuilder:
         c = e.change
         self.change_records += 1
         p = self._proc(c.pid, c.comm)
-        if c.kind == "fork":
-            self._on_fork(p, rec)
         if e.type != rec["type"] or e.vm_peak_kb != rec["vm_peak_kb"]:
             self.disagreements += 1
             if self.first_disagreement is None:
@@ -302,7 +303,7 @@ class ReportBuilder:
                     f" kB, the engine {e.type} at {e.vm_peak_kb} kB"
                 )
         p.comm = c.comm
-        p.space.apply(c, rec, f"line {self.line}")
+        p.space = self.spaces.apply(c, f"line {self.line}")
         p.since_previous += 1
         if e.type == "latch":
             p.latches += 1
@@ -358,12 +359,6 @@ class ReportBuilder:
             rise = e.rise_kb
         _add(p.by_site, site, rise)
         _add(p.by_chain, chain, rise)
-
-    def _on_fork(self, child: _Proc, rec: Record) -> None:
-        """A traced child: its mm starts as a copy of its parent's."""
-        parent = self.procs.get(rec.get("parent_pid") or -1)
-        if parent is not None and parent.space.known:
-            child.space = parent.space.clone()
 
     def _add_hwm(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 
 from vmtrace.report.build import call_site, counted, where_of
 from vmtrace.report.model import CHAIN_FRAMES, OomKill, PeakEntry, ProcessReport, Report
-from vmtrace.report.space import UNATTRIBUTED
+from vmtrace.space import UNATTRIBUTED
 from vmtrace.units import human_kb
 
 # -- rendering ----------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The address space of each process, rebuilt from the log, and what it is made of (its groups)."""
+"""The address space of a traced process, as the records say it changes, and what it is
+made of (its groups). One model, fed the same changes live (enrich, to name what a change
+maps or unmaps and what a stack runs in) and offline (report, for the composition)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from vmtrace.logread import (
-    Record,
-)
-from vmtrace.records import (
-    UNNAMED_FILE,
-    Change,
-    Mapping,
-)
+from vmtrace.records import UNNAMED_FILE, Change, Mapping
 from vmtrace.shadow import ShadowMap
+from vmtrace.syscalls import page_align
 
 # Groups of the address space, in the order reports list them.
 HEAP = "heap"
@@ -72,9 +68,6 @@ def kb_of(nbytes: int) -> int:
     return nbytes // 1024
 
 
-# -- the address space, rebuilt from the log ----------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """The address space right after one record."""
@@ -86,13 +79,15 @@ class Snapshot:
 
 
 class AddressSpace:
-    """A process's mappings replayed from the log with vmtrace.shadow.ShadowMap.
+    """A process's mappings, kept with vmtrace.shadow.ShadowMap from its change records.
 
-    It starts from the `maps` record (attach with -p), or from an `exec` record, whose whole
-    total_vm is the *base* (the exec image: the log does not itemise it); for a process whose
-    first record is neither, the base is what total_vm was before that record. Each change
-    record's `mapping` (and, for mremap, `args`) is then applied. Where an unmap or a
-    MAP_FIXED mapping removes more than the shadow knew of, the difference came out of the base.
+    It starts from the mappings at attach (the `maps` record), from its parent's at fork (the
+    child's mm is a copy), or at exec from the new image's mappings where they are known
+    (live: read from /proc) and otherwise as one *base*, the exec record's whole total_vm
+    (the log does not itemise the exec image). For a process whose first record is none of
+    these, the base is what total_vm was before that record. Each change's `mapping` (and,
+    for mremap, the old range in its `args`) is then applied. Where an unmap or a MAP_FIXED
+    mapping removes more than the shadow knew of, the difference came out of the base.
     Changes the log gives no mapping for (an untraced syscall, a fault) are kept by cause.
     After every record the replayed total is compared with the logged total_vm: `offset` is the
     difference, `lost_track` counts how often it changed.
@@ -168,7 +163,9 @@ class AddressSpace:
         return Snapshot(groups, self.shadow.mappings(), self.base_label, dict(self.other_causes))
 
     # -- replay
-    def apply(self, c: Change, rec: Record, where: str) -> None:
+    def apply(self, c: Change, where: str = "") -> None:
+        """The change `c` made, in the order of the records; `where` names it in the first
+        disagreement with the logged total_vm."""
         if c.kind == "exec":
             self.exec(c.total_vm_kb_after)
             return
@@ -180,7 +177,7 @@ class AddressSpace:
             self._check(c, where)
             return
         before = self.total_kb()
-        span_kb = self._replay(c, rec)
+        span_kb = self._replay(c)
         if span_kb is None:
             if c.delta_kb:
                 self.other_causes[c.cause] = self.other_causes.get(c.cause, 0) + c.delta_kb
@@ -203,14 +200,14 @@ class AddressSpace:
                 )
             self.offset = offset
 
-    def _replay(self, c: Change, rec: Record) -> int | None:
+    def _replay(self, c: Change) -> int | None:
         """Apply one change; the kB of address range it touched outside the shadow, or None
         when the log says nothing of where it happened."""
         m = c.mapping
         if m is None:
             return None
         sc = c.syscall
-        args = rec.get("args") or {}
+        args = c.args or {}
         if c.cause == "stack-growth":
             return kb_of(m.size) - self._insert(m)
         if sc == "mmap":
@@ -226,7 +223,7 @@ class AddressSpace:
             return kb_of(m.size) - self._remove(m.start, m.end)
         if sc == "mremap":
             old = _int_arg(args.get("old_addr"))
-            old_len = _page_align(_int_arg(args.get("old_len")), self.page)
+            old_len = page_align(_int_arg(args.get("old_len")), self.page)
             outside = 0
             if old_len > 0:
                 outside += kb_of(old_len) - self._remove(old, old + old_len)
@@ -242,5 +239,35 @@ def _int_arg(v: Any) -> int:
     return int(v) if isinstance(v, int) else 0
 
 
-def _page_align(n: int, page: int) -> int:
-    return (n + page - 1) // page * page
+class AddressSpaces:
+    """Every traced process's AddressSpace, by pid, kept from its records in their order:
+    the one place where a fork's child starts as a copy of its parent's."""
+
+    def __init__(self, page_size: int = 4096) -> None:
+        self.page = page_size
+        self._by_pid: dict[int, AddressSpace] = {}
+
+    def of(self, pid: int) -> AddressSpace:
+        space = self._by_pid.get(pid)
+        if space is None:
+            space = self._by_pid[pid] = AddressSpace(self.page)
+        return space
+
+    def seed(self, pid: int, mappings: Iterable[Mapping]) -> AddressSpace:
+        """`pid`'s mappings as read at one moment (attach, or an exec read live)."""
+        space = self._by_pid[pid] = AddressSpace(self.page)
+        space.seed(mappings)
+        return space
+
+    def apply(self, c: Change, where: str = "") -> AddressSpace:
+        """The change `c` applied to its process's space, which it returns."""
+        if c.kind == "fork":
+            parent = self._by_pid.get(c.parent_pid) if c.parent_pid is not None else None
+            fresh = parent.clone() if parent is not None and parent.known else None
+            self._by_pid[c.pid] = fresh or AddressSpace(self.page)
+        space = self.of(c.pid)
+        space.apply(c, where)
+        return space
+
+    def forget(self, pid: int) -> None:
+        self._by_pid.pop(pid, None)
