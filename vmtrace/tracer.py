@@ -659,8 +659,9 @@ class Tracer:
             if gone:
                 assert self.session is not None
                 self._drain_all()  # its last records first: they precede its exit
-                if target.alive:
-                    source = "wait" if self.child is not None else "proc"
+                if self.targets.get(pid) is target and target.alive:
+                    waited = self.child is not None and self.child.pid == pid
+                    source = "wait" if waited else "proc"
                     self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _drain_exits(self) -> None:
@@ -669,12 +670,13 @@ class Tracer:
         if self._exits is None:
             return
         for st in self._exits.drain():
-            if st.aggregate != "tgid" or st.pid not in self.targets:
+            target = self.targets.get(st.pid)
+            if st.aggregate != "tgid" or target is None or not target.alive:
                 continue
             self._kernel_exit[st.pid] = st
-            if self.targets[st.pid].alive:
-                assert self.session is not None
-                self._drain_all()  # its last records, BPF exit included
+            self._drain_all()  # its last records, BPF exit included
+            # ...which may have ended it and begun a new process under its pid
+            if self.targets.get(st.pid) is target and target.alive:
                 self._exited(st.pid, "taskstats", time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _exited(self, pid: int, source: str, ts_ns: int) -> None:
@@ -723,7 +725,11 @@ class Tracer:
         )
         self._rises.pop(pid, None)
         self._cgroups.pop(pid, None)
-        if self.session is not None:
+        if self.session is not None and not self.opts.discovers:
+            # The kernel side forgets a process when its last thread exits. This is for a
+            # target named here that exited before the probes saw it. Only then, though:
+            # where the kernel side adds processes itself, a new one may already have the
+            # pid (its entry must stay) by the time this exit is read.
             self.session.remove_target(pid)
         if self.enricher is not None:
             self.enricher.forget(pid)

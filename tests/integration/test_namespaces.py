@@ -258,15 +258,30 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
 # Runs `prodload big 100`, then has the next fork take the PID it had (ns_last_pid: the
 # PID namespace is new, so nothing else forks there but this shell and vmtrace's threads,
 # hence the retries) and runs `prodload big 40` under it.
+# $0 prodload, $1 the test's directory (the log is $1/log.jsonl). vmtrace is stopped until
+# the second process exists and is traced, so that it reads the first one's exit only then:
+# that exit must not make it forget the process the kernel side now has under the same pid.
 REUSE = r"""
+mkfifo "$1/go" || exit 3
+kill -STOP $PPID || exit 4
 "$0" big 100 > "$1/a.json" || exit 1
 pid=$(sed -n 's/.*"pid":\([0-9]*\),.*/\1/p' "$1/a.json")
+reused=
 for attempt in 1 2 3 4 5; do
     echo $((pid - 1)) > /proc/sys/kernel/ns_last_pid || exit 2
-    "$0" big 40 > "$1/b.json" || exit 1
-    grep -q "\"pid\":$pid," "$1/b.json" && exit 0
+    "$0" wait big 40 < "$1/go" > "$1/b.json" &
+    [ $! = "$pid" ] && reused=1 && break
+    echo go > "$1/go"; wait $!
 done
-exit 7
+kill -CONT $PPID
+[ "$reused" ] || exit 7
+n=0
+until grep -q "\"type\":\"exit\",[^}]*\"pid\":$pid," "$1/log.jsonl"; do
+    n=$((n + 1)); [ $n -gt 1200 ] && exit 8
+    sleep 0.05
+done
+echo go > "$1/go"
+wait $! || exit 1
 """
 
 
@@ -278,14 +293,17 @@ def prodload(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
     """GIVEN `vmtrace run --follow` inside a new PID namespace, of a script that runs a
     workload mapping 100 MiB, then another mapping 40 MiB under the same PID (really
-    reused: ns_last_pid)
+    reused: ns_last_pid), vmtrace stopped (SIGSTOP) until the second is traced and reading
+    the first's exit before the second maps anything
     WHEN both have exited
     THEN that PID has an exit record for each, each with the final VmPeak its own process
     read, and the second's peaks are its own, not judged against the first's."""
     unshare = _unshare()
     log = tmp_path / "log.jsonl"
     vmt = [sys.executable, "-m", "vmtrace", "run", "--follow", "-o", str(log), "--"]
-    cmd = [unshare, "--pid", "--fork", "--mount-proc", *vmt, "/bin/sh", "-c", REUSE]
+    # vmtrace is not the namespace's init, which cannot be stopped from inside it
+    init = ["/bin/sh", "-c", '"$@"; exit $?', "init"]
+    cmd = [unshare, "--pid", "--fork", "--mount-proc", *init, *vmt, "/bin/sh", "-c", REUSE]
     res = subprocess.run(
         [*cmd, str(prodload), str(tmp_path)],
         stdin=subprocess.DEVNULL,
@@ -297,12 +315,14 @@ def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, tail(res.stderr)
     a = json.loads((tmp_path / "a.json").read_text())
-    b = json.loads((tmp_path / "b.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text().splitlines()[-1])
     assert a["pid"] == b["pid"], "the PID was not reused"
     records = read_jsonl(log)
     exits = of(records, "exit", a["pid"])
     assert exits[0]["vm_peak_kb"] == a["vm_peak_kb"]
-    assert exits[-1]["vm_peak_kb"] == b["vm_peak_kb"] < a["vm_peak_kb"]
+    assert exits[-1]["vm_peak_kb"] == b["vm_peak_kb"] < a["vm_peak_kb"], [
+        (r["type"], r.get("source"), r["vm_peak_kb"]) for r in of(records, "exit", a["pid"])
+    ]
     first_exit = records.index(exits[0])
     later_peaks = [r for r in of(records[first_exit:], "peak", a["pid"])]
     assert later_peaks and max(r["vm_peak_kb"] for r in later_peaks) == b["vm_peak_kb"]
