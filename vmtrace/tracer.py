@@ -36,11 +36,12 @@ from vmtrace.kernel.headers import choose_headers
 from vmtrace.kernel.offsets import read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
+from vmtrace.lifecycle import KernelAccounts, exit_status_of, gone
 from vmtrace.pidns import PidNamespace, own_pid_namespace
-from vmtrace.records import Explained, Mapping, ProcStatus
+from vmtrace.records import Explained, Mapping
+from vmtrace.sampling import Sampler
 from vmtrace.session import BccSession
 from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
-from vmtrace.taskstats import ExitListener, TaskStat, TaskstatsClient
 from vmtrace.units import WallClock
 from vmtrace.untraced import UntracedChildren
 from vmtrace.unwind import Unwinder
@@ -110,9 +111,8 @@ class Tracer:
         self.clock = WallClock(time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time_ns())
         self.enricher: Enricher | None = None
         self._infos: list[procfs.ProcessInfo] = []
-        self._taskstats: TaskstatsClient | None = None
-        self._exits: ExitListener | None = None
-        self._kernel_exit: dict[int, TaskStat] = {}
+        self.accounts = KernelAccounts(lambda pid: pid in self.targets and self.targets[pid].alive)
+        self.sampler: Sampler | None = None
         self._sessions: list[BccSession] = []
         self._unusable: list[str] = []
         self.backend_reason = ""
@@ -255,12 +255,20 @@ class Tracer:
                 if self.child is not None:
                     infos = [procfs.inspect_target(self.child.pid)]
                 session = self.session = self._open_backend()
-                self.enricher = Enricher(
-                    os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder()
-                )
+                self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder())
                 for info in infos:
                     session.add_target(info.pid)
-                self._open_taskstats()
+                self.accounts.open(self.log)
+                self.sampler = Sampler(
+                    session,
+                    self.engine,
+                    self.accounts,
+                    self.clock,
+                    kernel_filters=bool(opts.min_delta) and not opts.all_events,
+                    hwm_step=opts.hwm_step,
+                    drain=lambda: self._drain_all(max_batches=2),
+                    emit=self._emit,
+                )
                 attach_seconds = time.monotonic() - started
                 self._announce(infos, attach_seconds)
                 if self.child is not None and stop.reason is None:
@@ -289,9 +297,7 @@ class Tracer:
                         if session is not None:
                             session.close()
                     finally:
-                        for closable in (self._exits, self._taskstats):
-                            if closable is not None:
-                                closable.close()
+                        self.accounts.close()
         finally:
             # Whatever ended the trace (an error included), the command is not left behind
             # unannounced: it has exited, or runs on untraced and vmtrace waits for it.
@@ -321,35 +327,6 @@ class Tracer:
         if released and child.poll() is None:
             return child.wait_forwarding((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
         return child.wait()
-
-    def _open_taskstats(self) -> None:
-        """Cross-checks and exit values from the kernel's taskstats; tracing goes on
-        without them (e.g. inside a container, where registering is refused)."""
-        try:
-            self._taskstats = TaskstatsClient()
-            self._exits = ExitListener()
-            self._exits.drain()  # what arrived while registering
-        except VmtraceError as e:
-            self.log(f"warning: no taskstats cross-checks: {e}")
-
-    def _kernel_view(self, pid: int, status: ProcStatus | None) -> dict[str, object] | None:
-        """taskstats' hiwater_vm/hiwater_rss for `pid`, compared with /proc's VmPeak/VmHWM.
-        hiwater_vm is VmPeak exactly; hiwater_rss misses the per-CPU RSS deltas /proc adds
-        up (6.2+), so it is within RSS_SLACK_KB of VmHWM, not equal."""
-        if self._taskstats is None:
-            return None
-        try:
-            st = self._taskstats.query(pid)
-        except VmtraceError:
-            return None
-        view: dict[str, object] = {
-            "hiwater_vm_kb": st.hiwater_vm_kb,
-            "hiwater_rss_kb": st.hiwater_rss_kb,
-        }
-        if status is not None:
-            view["vm_peak_match"] = st.hiwater_vm_kb == status.vm_peak_kb
-            view["vm_hwm_delta_kb"] = status.vm_hwm_kb - st.hiwater_rss_kb
-        return view
 
     def _announce(self, infos: list[procfs.ProcessInfo], attach_seconds: float) -> None:
         assert self.enricher is not None
@@ -391,7 +368,7 @@ class Tracer:
             filters=self._filters(),
         )
         for entry, (info, status) in zip(start["targets"], statuses, strict=True):
-            entry["taskstats"] = self._kernel_view(info.pid, status)
+            entry["taskstats"] = self.accounts.view(info.pid, status)
         self._emit(start)
         if not self.opts.command:
             for info in infos:
@@ -534,83 +511,18 @@ class Tracer:
         return now
 
     def _sample(self) -> None:
-        assert self.session is not None
+        assert self.sampler is not None
         for pid, target in list(self.targets.items()):
             if not target.alive:
                 continue
-            status, ts, kernel_peak = self._settled_status(pid)
-            if status is None or not target.alive:
+            reading = self.sampler.read(pid)
+            if reading is None or not target.alive:  # gone, or its exit was in the ring
                 continue
-            if kernel_peak is not None:  # noted only with a sample that says so: as replayed
-                self.engine.note_kernel_peak(pid, kernel_peak)
-            check = self.engine.check_sample(ts, pid, status)
-            rec = schema.sample_record(check, self.clock, target.info.comm)
-            if kernel_peak is not None:
-                rec["kernel_peak_kb"] = kernel_peak
-            if self.opts.hwm_step:
-                self._check_hwm_reset(ts, pid, target, status)
+            rec = self.sampler.record(pid, target.info.comm, reading)
             self._note_cgroup(pid)
-            kernel = self._kernel_view(pid, status)
-            if kernel is not None:
-                rec["taskstats"] = kernel
             self._emit(rec)
         if self.untraced is not None:
             self.untraced.observe({pid for pid, t in self.targets.items() if t.alive})
-
-    def _check_hwm_reset(self, ts: int, pid: int, target: _Target, status: ProcStatus) -> None:
-        """VmHWM only goes down when someone writes 5 to /proc/PID/clear_refs (hiwater_rss
-        is reset to the current RSS), or when pages were reclaimed before any unmap
-        latched hiwater_rss. Say so, and let HWM records start again from there."""
-        assert self.session is not None
-        before = self.engine.hwm_fall(pid, ts, status.vm_hwm_kb, self._hwm_tolerance_kb())
-        if before is None:
-            return
-        self.engine.reset_hwm(pid, status.vm_hwm_kb, ts)
-        self.session.reset_hwm(pid, status.vm_hwm_kb * 1024 // os.sysconf("SC_PAGE_SIZE"))
-        self._emit(
-            schema.hwm_reset_record(
-                self.clock, ts, pid, target.info.comm, before, status.vm_hwm_kb, status
-            )
-        )
-
-    def _hwm_tolerance_kb(self) -> int:
-        return max(1024, self.opts.hwm_step // 1024)
-
-    def _final(self, ts: int, pid: int, target: _Target, final: TaskStat) -> None:
-        """The kernel's VmPeak and VmHWM at exit end the engine's; VmHWM lower than the
-        records said fell after the last sample (or none was taken: a short run, a reader
-        behind)."""
-        if self.opts.hwm_step:
-            tolerance = self._hwm_tolerance_kb()
-            before = self.engine.hwm_fall(pid, ts, final.hiwater_rss_kb, tolerance)
-            if before is not None:
-                rec = schema.hwm_reset_record(
-                    self.clock, ts, pid, target.info.comm, before, final.hiwater_rss_kb, None
-                )
-                self._emit(rec)
-        self.engine.final(pid, final.hiwater_vm_kb, final.hiwater_rss_kb)
-
-    def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int, int | None]:
-        """/proc/PID/status, read when the events can agree with it: a change made before
-        the reading is in the ring buffer once drained, unless its mmap_lock was still held
-        (or its syscall had not returned); such a reading is retried a few times, briefly,
-        before it counts as a disagreement (and two of those as a mismatch). With
-        --min-delta, also the kernel side's per-mm peak (kB) the reading is checked against."""
-        assert self.session is not None
-        page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-        status, ts, kernel_kb = None, 0, None
-        for attempt in range(4):
-            status = procfs.read_status(pid)
-            ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            self._drain_all(max_batches=2)
-            if self.opts.min_delta and not self.opts.all_events:
-                kernel_peak = self.session.kernel_peak_pages(pid)
-                kernel_kb = kernel_peak * page_kb if kernel_peak is not None else None
-            expected = max(self.engine.expected_vm_peak_kb(pid) or 0, kernel_kb or 0)
-            if status is None or status.vm_peak_kb == expected:
-                break
-            time.sleep(0.005 * (attempt + 1))
-        return status, ts, kernel_kb
 
     def _drain_all(self, max_batches: int = 50) -> None:
         """Whatever is in the ring now, batch by batch (a flood from other targets cannot
@@ -646,57 +558,38 @@ class Tracer:
         for pid, target in list(self.targets.items()):
             if not target.alive:
                 continue
-            gone = False
-            if self.child is not None and self.child.pid == pid:
-                gone = self.child.poll() is not None
-            else:
-                start = procfs.read_start_time(pid)
-                gone = (
-                    start is None
-                    or start != target.info.start_time
-                    or procfs.read_status(pid) is None
-                )
-            if gone:
-                assert self.session is not None
-                self._drain_all()  # its last records first: they precede its exit
-                if self.targets.get(pid) is target and target.alive:
-                    waited = self.child is not None and self.child.pid == pid
-                    source = "wait" if waited else "proc"
-                    self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+            source = gone(pid, target.info, self.child)
+            if source is None:
+                continue
+            self._drain_all()  # its last records first: they precede its exit
+            # ...which may have ended it and begun a new process under its pid
+            if self.targets.get(pid) is target and target.alive:
+                self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _drain_exits(self) -> None:
-        """Taskstats exit notifications: the kernel's final VmPeak/VmHWM of each traced
-        process, sent from do_exit before the mm goes (so they outlive /proc)."""
-        if self._exits is None:
-            return
-        for st in self._exits.drain():
-            target = self.targets.get(st.pid)
-            if st.aggregate != "tgid" or target is None or not target.alive:
+        """Taskstats' exit notifications, which can come before the kernel side's exit
+        record is read (or when it was lost)."""
+        for pid in self.accounts.exited():
+            target = self.targets.get(pid)
+            if target is None or not target.alive:
                 continue
-            self._kernel_exit[st.pid] = st
-            self._drain_all()  # its last records, BPF exit included
-            # ...which may have ended it and begun a new process under its pid
-            if self.targets.get(st.pid) is target and target.alive:
-                self._exited(st.pid, "taskstats", time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+            self._drain_all()  # its last records, its exit record included
+            if self.targets.get(pid) is target and target.alive:
+                self._exited(pid, "taskstats", time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _exited(self, pid: int, source: str, ts_ns: int) -> None:
         target = self.targets[pid]
         if not target.alive:
             return
+        final = self.accounts.final(pid)  # while it counts as traced: its notification is kept
         target.alive = False
         exit_status = None
         if self.child is not None and self.child.pid == pid and self.child.returncode is not None:
             exit_status = self.child.returncode
-        if pid not in self._kernel_exit and self._exits is not None:
-            # The notification is sent before the mm is torn down: it is queued by now.
-            for rec in self._exits.drain():
-                if rec.aggregate == "tgid":
-                    self._kernel_exit[rec.pid] = rec
-        final: TaskStat | None = self._kernel_exit.pop(pid) if pid in self._kernel_exit else None
         kernel = None
         expected = self.engine.expected_vm_peak_kb(pid)  # from the events, before the kernel's
-        if final is not None:
-            self._final(ts_ns, pid, target, final)
+        if final is not None and self.sampler is not None:
+            self.sampler.at_exit(ts_ns, pid, target.info.comm, final)
             kernel = {
                 "hiwater_vm_kb": final.hiwater_vm_kb,
                 "hiwater_rss_kb": final.hiwater_rss_kb,
@@ -707,8 +600,7 @@ class Tracer:
             code = final.exit_code
         ended = schema.ended_dict(code, pid in self._oom_killed)
         if exit_status is None and code is not None:
-            # as waitpid's caller would say it (Popen.returncode): the code, or -signal
-            exit_status = -(code & 0x7F) if code & 0x7F else (code >> 8) & 0xFF
+            exit_status = exit_status_of(code)
         self._emit(
             schema.exit_record(
                 self.clock,
