@@ -30,18 +30,17 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from vmtrace import logformat
 from vmtrace.errors import LogFormatError
 from vmtrace.frames import frame_record, legacy_frame
+from vmtrace.logformat import SCHEMA_VERSION
 from vmtrace.records import Change, ChangeKind, Frame, Mapping, ProcStatus
-from vmtrace.schema import SCHEMA_VERSION
 
 Record = dict[str, Any]
 Warn = Callable[[str], None]
 
-# `fork` and `hwm` (a traced child appears; VmHWM rose) are change records too: same fields,
-# plus rss_kb, hwm_kb (and hwm_kb_before, rss_member for hwm; parent_pid for fork).
-CHANGE_TYPES = frozenset({"baseline", "peak", "latch", "grow", "shrink", "exec", "fork", "hwm"})
-KNOWN_TYPES = CHANGE_TYPES | {"start", "maps", "sample", "mismatch", "lost", "exit", "end", "oom"}
+CHANGE_TYPES = logformat.CHANGE_TYPES
+KNOWN_TYPES = logformat.KNOWN_TYPES
 
 # Kernel counters and addresses are 64-bit: anything larger is not from vmtrace (and would
 # overflow the float conversions of plots and exports).
@@ -232,104 +231,75 @@ def _normalise_stack(rec: Record) -> None:
         rec["stack"] = [frame_record(legacy_frame(f)) if isinstance(f, str) else f for f in stack]
 
 
-def _common(rec: MappingABC[str, Any]) -> None:
-    _check_int(rec, "ts_ns", required=True, null=False)
-    _check_str(rec, "time", required=False, null=True)
-    for key in ("pid", "tid", "total_vm_kb_before", "total_vm_kb_after"):
-        _check_int(rec, key, required=False, null=True)
-    for key in ("vm_peak_kb", "hiwater_vm_kb"):
-        _check_int(rec, key, required=False, null=True)
-    _check_str(rec, "comm", required=False, null=True)
+def _bool(v: object, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad(f"field {name!r} is not a boolean ({_show(v)})")
+    return v
 
 
-def _check_change(rec: MappingABC[str, Any]) -> None:
-    for key in ("pid", "tid", "total_vm_kb_before", "total_vm_kb_after", "vm_peak_kb"):
-        _check_int(rec, key, required=True, null=False)
-    for key in ("hiwater_vm_kb", "vm_peak_kb_before", "hiwater_vm_kb_before"):
-        _check_int(rec, key, required=True, null=False)
-    for key in ("delta_kb", "stack_vm_kb_before", "stack_vm_kb_after", "rss_kb", "hwm_kb"):
-        _check_int(rec, key, required=False, null=True)
-    for key in ("hwm_kb_before", "parent_pid"):
-        _check_int(rec, key, required=False, null=True)
-    _check_str(rec, "rss_member", required=False, null=True)
-    _check_str(rec, "cause", required=True, null=False)
-    _check_str(rec, "syscall", required=False, null=True)
-    _args(rec)
-    _ret(rec.get("ret"))
-    if rec.get("mapping") is not None:
-        _mapping(rec["mapping"], "mapping")
-    _stack(rec.get("stack"))
+def _number(v: object, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Bad(f"field {name!r} is not a number ({_show(v)})")
+    return v
 
 
-def _check_start(rec: MappingABC[str, Any]) -> None:
-    _check_int(rec, "page_size", required=False, null=True)
-    ps = rec.get("page_size")
-    if ps is not None and (ps < 1024 or ps & (ps - 1)):
-        raise _Bad(f"field 'page_size' is not a page size ({ps})")
-    for key in ("vmtrace", "kernel", "backend"):
-        _check_str(rec, key, required=False, null=True)
-    targets = rec.get("targets")
-    if targets is None:
-        return
-    for i, t in enumerate(_check_list(targets, "targets")):
-        d = _check_dict(t, f"targets[{i}]")
-        _int(_get(d, "pid", True), f"targets[{i}].pid")
+def _page_size(v: object, name: str) -> int:
+    ps = _int(v, name)
+    if ps < 1024 or ps & (ps - 1):
+        raise _Bad(f"field {name!r} is not a page size ({ps})")
+    return ps
+
+
+def _mappings(v: object, name: str) -> list[Mapping]:
+    return [_mapping(m, f"{name}[{i}]") for i, m in enumerate(_check_list(v, name))]
+
+
+def _by_pid(v: object, name: str) -> None:
+    if not (
+        isinstance(v, dict) and all(k.isdigit() and type(n) is int for k, n in v.items())
+    ):
+        raise _Bad(f"field {name!r} is not an object of pid -> count")
+
+
+def _targets(v: object, name: str) -> None:
+    for i, t in enumerate(_check_list(v, name)):
+        d = _check_dict(t, f"{name}[{i}]")
+        _int(_get(d, "pid", True), f"{name}[{i}].pid")
         comm = d.get("comm")
         if comm is not None:
-            _str(comm, f"targets[{i}].comm")
+            _str(comm, f"{name}[{i}].comm")
         if d.get("status") is not None:
-            _status(d["status"], f"targets[{i}].status")
+            _status(d["status"], f"{name}[{i}].status")
 
 
-def _check_maps(rec: MappingABC[str, Any]) -> None:
-    _check_int(rec, "pid", required=True, null=False)
-    for i, m in enumerate(_check_list(_get(rec, "mappings", True), "mappings")):
-        _mapping(m, f"mappings[{i}]")
-
-
-def _check_sample(rec: MappingABC[str, Any]) -> None:
-    _check_int(rec, "pid", required=True, null=False)
-    _status(_get(rec, "status", True), "status")
-    _check_int(rec, "expected_vm_peak_kb", required=False, null=True)
-    m = rec.get("match")
-    if m is not None and not isinstance(m, bool):
-        raise _Bad(f"field 'match' is not a boolean ({_show(m)})")
-    _check_str(rec, "detail", required=False, null=True)
-
-
-def _check_lost(rec: MappingABC[str, Any]) -> None:
-    _check_int(rec, "count", required=True, null=False)
-    _check_int(rec, "total", required=False, null=True)
-    by_pid = rec.get("by_pid")
-    if by_pid is not None and not (
-        isinstance(by_pid, dict)
-        and all(k.isdigit() and type(v) is int for k, v in by_pid.items())
-    ):
-        raise _Bad("field 'by_pid' is not an object of pid -> count")
-
-
-def _check_exit(rec: MappingABC[str, Any]) -> None:
-    _check_int(rec, "pid", required=True, null=False)
-    _check_str(rec, "source", required=False, null=True)
-    _check_int(rec, "exit_status", required=False, null=True)
-
-
-def _check_end(rec: MappingABC[str, Any]) -> None:
-    _check_str(rec, "reason", required=False, null=True)
-    _check_int(rec, "events", required=False, null=True)
-    _check_int(rec, "lost", required=False, null=True)
-
-
-_CHECKS: dict[str, Callable[[MappingABC[str, Any]], None]] = {
-    "start": _check_start,
-    "maps": _check_maps,
-    "sample": _check_sample,
-    "mismatch": _check_sample,
-    "lost": _check_lost,
-    "exit": _check_exit,
-    "end": _check_end,
-    **{t: _check_change for t in CHANGE_TYPES},
+_KIND_CHECKS: dict[str, Callable[[object, str], object]] = {
+    "int": _int,
+    "str": _str,
+    "bool": _bool,
+    "number": _number,
+    "addr": _addr,
+    "ret": lambda v, _name: _ret(v),
+    "mapping": _mapping,
+    "mappings": _mappings,
+    "status": _status,
+    "stack": lambda v, _name: _stack(v),
+    "by_pid": _by_pid,
+    "targets": _targets,
+    "page_size": _page_size,
 }
+
+
+def _specs(fields: tuple[logformat.Field, ...]) -> tuple[tuple[str, logformat.Field], ...]:
+    """Each field name once, in the order of its first definition, with its last one."""
+    by_name: dict[str, logformat.Field] = {}
+    for fl in fields:
+        for n in fl.names:
+            by_name[n] = fl  # a redefinition keeps the name's place
+    return tuple(by_name.items())
+
+
+_SPECS = {t: _specs(logformat.fields_of(t)) for t in logformat.KNOWN_TYPES}
+_COMMON_SPECS = _specs(logformat.COMMON)
 
 
 def check_record(rec: MappingABC[str, Any]) -> None:
@@ -341,13 +311,25 @@ def check_record(rec: MappingABC[str, Any]) -> None:
 
 
 def _check(rec: MappingABC[str, Any]) -> None:
+    """`rec` against its type's definition (vmtrace.logformat); a type not defined there
+    against the fields every record has."""
     t = rec.get("type")
     if not isinstance(t, str):
         raise _Bad("it has no string field 'type'")
-    _common(rec)
-    check = _CHECKS.get(t)
-    if check is not None:
-        check(rec)
+    for name, fl in _SPECS.get(t, _COMMON_SPECS):
+        if name not in rec:
+            if fl.required:
+                raise _Bad(f"field {name!r} is missing")
+            continue
+        v = rec[name]
+        if v is None:
+            if not fl.null:
+                raise _Bad(f"field {name!r} is null")
+            continue
+        if fl.kind == "args":
+            _args(rec)
+        elif fl.kind != "any":
+            _KIND_CHECKS[fl.kind](v, name)
 
 
 # -- records → engine input -----------------------------------------------------------------------

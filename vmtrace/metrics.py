@@ -28,6 +28,7 @@ from wsgiref.simple_server import WSGIServer
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from vmtrace import logformat
 from vmtrace.errors import UsageError
 
 Record = dict[str, Any]
@@ -37,9 +38,7 @@ DEFAULT_MAX_PROCESSES = 1000
 EXPIRE_EVERY_S = 1.0  # how often exited processes are looked for (not at every record)
 MAX_OOM_COMMS = 256
 OTHER_COMM = "(other)"  # the OOM counter's label once MAX_OOM_COMMS names were seen
-_CHANGE_TYPES = frozenset(
-    ("baseline", "peak", "latch", "grow", "shrink", "exec", "exit", "fork", "hwm")
-)
+_COUNTED_TYPES = logformat.CHANGE_TYPES | {"exit"}  # the records whose counters are exported
 
 
 @dataclass
@@ -121,7 +120,7 @@ class MetricsSink:
             self._expire_now_and_then()
             return
         comm = self._process_comm(pid, t, rec.get("comm"))
-        if t in _CHANGE_TYPES:
+        if t in _COUNTED_TYPES:
             if isinstance(rec.get("vm_peak_kb"), int):
                 self._set_peak(pid, comm, rec["vm_peak_kb"])
             hwm = rec.get("vm_hwm_kb") if t == "exit" else rec.get("hwm_kb")

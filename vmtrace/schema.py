@@ -1,4 +1,4 @@
-"""The JSONL log records (docs/log-schema.md, version 3), built from engine output.
+"""The JSONL log records (defined in vmtrace.logformat), built from engine output.
 
 Every sink renders these dicts, the console included, so what is printed and what is
 logged cannot disagree.
@@ -11,15 +11,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vmtrace.frames import frame_record
+from vmtrace.logformat import SCHEMA_VERSION
 from vmtrace.procfs import ProcessInfo
 from vmtrace.records import Explained, Mapping, ProcessSummary, ProcStatus, SampleCheck
 from vmtrace.units import WallClock
 
-# 2: `stack` is a list of frame objects (version 1: a list of strings)
-# 3: change records carry the kernel's `kernel_peak_kb_before` and the engine's `new_high`;
-#    `end.summary[].set_by.delta_kb` is the change's size (as in every record), `rise_kb`
-#    VmPeak's rise (version 2 had the rise in `delta_kb`)
-SCHEMA_VERSION = 3
 Record = dict[str, Any]
 
 

@@ -38,6 +38,7 @@ from tests.integration.conftest import (
 )
 from tests.unit.test_export import check_trace
 from tests.unit.test_pftrace import annotations, check_proto_trace
+from vmtrace import logformat
 from vmtrace.export import CSV_COLUMNS, write_csv, write_perfetto
 from vmtrace.logread import LogReader, numbered
 from vmtrace.pftrace import write_perfetto_proto
@@ -177,6 +178,10 @@ def test_report_agrees_with_the_log_and_the_workload(recorded: Recorded) -> None
 
 def _changes(recorded: Recorded) -> str:
     """The log's changes, one line each: what a failed replay check needs to be read."""
+    undefined = {
+        r["type"]: logformat.undeclared(r) for r in recorded.records if logformat.undeclared(r)
+    }
+    assert not undefined, f"fields vmtrace.logformat does not define: {undefined}"
     rows = []
     for n, r in enumerate(recorded.records, 1):
         if r.get("syscall") is not None or r["type"] in ("maps", "baseline"):

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import build_c, read_jsonl, run_traced
+from vmtrace import logformat
 from vmtrace.export import write_csv
 from vmtrace.logread import LogReader, numbered
 from vmtrace.plot import collect
@@ -33,6 +34,8 @@ def kernelload(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _agree(log: Path, pid: int, own_vm_peak_kb: int) -> None:
     records = read_jsonl(log)
+    undefined = {r["type"]: logformat.undeclared(r) for r in records if logformat.undeclared(r)}
+    assert not undefined, f"fields vmtrace.logformat does not define: {undefined}"
     end = records[-1]
     assert end["type"] == "end"
     (live,) = [s for s in end["summary"] if s["pid"] == pid]
