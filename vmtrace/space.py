@@ -100,6 +100,7 @@ class AddressSpace:
         self.base_kb = 0
         self.base_label = BEFORE
         self.other_causes: dict[str, int] = {}
+        self._itemised_kb = 0  # sum(kb) + sum(other_causes), kept as they change
         self.known = False
         self.offset = 0
         self.lost_track = 0
@@ -122,13 +123,14 @@ class AddressSpace:
         self.shadow = ShadowMap()
         self.kb = dict.fromkeys(GROUPS, 0)
         self.other_causes = {}
+        self._itemised_kb = 0
         self.base_label = label
         self.base_kb = base_kb
         self.offset = 0
 
     # -- bookkeeping
     def total_kb(self) -> int:
-        return sum(self.kb.values()) + self.base_kb + sum(self.other_causes.values())
+        return self._itemised_kb + self.base_kb
 
     def _insert(self, m: Mapping) -> int:
         """Map m (replacing what it overlaps); returns the kB it replaced that the shadow knew."""
@@ -136,12 +138,14 @@ class AddressSpace:
         if m.end > m.start:
             self.shadow.insert(m)
             self.kb[group_of(m)] += kb_of(m.size)
+            self._itemised_kb += kb_of(m.size)
         return removed
 
     def _remove(self, start: int, end: int) -> int:
         gone = 0
         for piece in self.shadow.remove(start, end):
             self.kb[group_of(piece)] -= kb_of(piece.size)
+            self._itemised_kb -= kb_of(piece.size)
             gone += kb_of(piece.size)
         return gone
 
@@ -152,6 +156,7 @@ class AddressSpace:
         other.base_kb = self.base_kb
         other.base_label = self.base_label
         other.other_causes = dict(self.other_causes)
+        other._itemised_kb = self._itemised_kb
         other.known = self.known
         other.offset = self.offset
         return other
@@ -181,6 +186,7 @@ class AddressSpace:
         if span_kb is None:
             if c.delta_kb:
                 self.other_causes[c.cause] = self.other_causes.get(c.cause, 0) + c.delta_kb
+                self._itemised_kb += c.delta_kb
         else:
             # The kernel removed more than the shadow knew of: that part was in the base.
             missing = c.delta_kb - (self.total_kb() - before)
