@@ -8,11 +8,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # 2: `stack` is a list of frame objects (version 1: a list of strings)
 # 3: change records carry the kernel's `kernel_peak_kb_before` and the engine's `new_high`;
 #    `end.summary[].set_by.delta_kb` is the change's size (as in every record), `rise_kb`
 #    VmPeak's rise (version 2 had the rise in `delta_kb`)
+# 4: the exit record's final VmHWM is `hwm_kb`, as in every other record (3: `vm_hwm_kb`)
 
 # What the reader checks a value against (vmtrace.logread has one check per kind); "any" is
 # documented and passed through unchecked, as the offline tools do not read it.
@@ -332,7 +333,7 @@ TYPES = (
               "else the one rebuilt from events)"),
             f("expected_vm_peak_kb", "int", "(from events)"),
             f("match", "bool"),
-            f("vm_hwm_kb", "int"),
+            f("hwm_kb", "int", "(VmHWM: the kernel's final value from taskstats when it came)"),
             f("taskstats", "any", "{`hiwater_vm_kb`, `hiwater_rss_kb`, `exit_code`} or null"),
             f("source", "str", "(`bpf`: its last thread exited, `taskstats`, `proc`, `wait`)"),
             f("exit_status", "int", ": its exit code, or minus the signal that killed it (as "

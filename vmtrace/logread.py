@@ -14,7 +14,8 @@ What it forgives and what it refuses (docs/offline.md):
 
 Older logs are read too. Version 1's `stack` of change records is a list of symbolised strings,
 which the reader turns into frame objects (`function` the string, no module); version 2 has no
-`kernel_peak_kb_before`, for which its `vm_peak_kb_before` stands.
+`kernel_peak_kb_before`, for which its `vm_peak_kb_before` stands. Up to version 3 the exit
+record's `hwm_kb` was named `vm_hwm_kb`; the reader renames it.
 
 `change_from_record` turns a change record back into the `records.Change` the live tracer fed
 the engine, so `vmtrace.engine.PeakEngine` explains a log offline exactly as it did live.
@@ -490,6 +491,8 @@ class LogReader:
             raise self.fail(f"line {n} is not a JSON object (it is {type(obj).__name__})")
         if self.start is None:
             self._check_start(obj, n)  # before the fields: a newer version may change them
+        if obj.get("type") == "exit" and "vm_hwm_kb" in obj and "hwm_kb" not in obj:
+            obj["hwm_kb"] = obj.pop("vm_hwm_kb")  # its name up to version 3
         try:
             _check(obj)
         except _Bad as e:

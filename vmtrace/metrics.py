@@ -123,7 +123,7 @@ class MetricsSink:
         if t in _COUNTED_TYPES:
             if isinstance(rec.get("vm_peak_kb"), int):
                 self._set_peak(pid, comm, rec["vm_peak_kb"])
-            hwm = rec.get("vm_hwm_kb") if t == "exit" else rec.get("hwm_kb")
+            hwm = rec.get("hwm_kb")
             if isinstance(hwm, int) and hwm > 0:
                 self._set_hwm(pid, comm, hwm)
             if t == "peak":

@@ -272,7 +272,7 @@ def exit_record(
         exit_status=exit_status,
         expected_vm_peak_kb=expected,
         match=None if kernel is None or expected is None else expected == vm_peak_kb,
-        vm_hwm_kb=kernel["hiwater_rss_kb"] if kernel else (c.hwm_kb if c else None),
+        hwm_kb=kernel["hiwater_rss_kb"] if kernel else (c.hwm_kb if c else None),
         taskstats=kernel,
         ended=ended,
     )

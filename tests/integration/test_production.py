@@ -164,7 +164,7 @@ def test_clear_refs_reset_of_vmhwm_is_reported(prodload: Path, tmp_path: Path) -
     assert "HWM-RESET" in stdout
     (exit_rec,) = of(records, "exit", reset["pid"])
     (summary,) = [s for s in records[-1]["summary"] if s["pid"] == reset["pid"]]
-    assert summary["vm_hwm_kb"] == exit_rec["vm_hwm_kb"] == exit_rec["taskstats"]["hiwater_rss_kb"]
+    assert summary["vm_hwm_kb"] == exit_rec["hwm_kb"] == exit_rec["taskstats"]["hiwater_rss_kb"]
 
 
 # ---- --cgroup ---------------------------------------------------------------------------

@@ -398,7 +398,7 @@ class ReportBuilder:
     def _on_exit_hwm(self, p: _Proc, rec: Record) -> None:
         """The exit record's VmHWM is the kernel's final one: a process that ran between
         two samples (or while the reader was behind) has no other."""
-        hwm = rec.get("vm_hwm_kb")
+        hwm = rec.get("hwm_kb")
         if hwm is not None and hwm != p.last_hwm:
             self._add_hwm(p, rec, hwm, 0, p.last_hwm, "exit")
 
