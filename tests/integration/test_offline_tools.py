@@ -170,7 +170,7 @@ def test_report_agrees_with_the_log_and_the_workload(recorded: Recorded) -> None
     assert sum(c.kb for c in p.by_mapping) + more_maps == p.final_vm_peak_kb
     # VmHWM ends with the kernel's own at exit (samples may all have missed the short run)
     exit_rec = next(r for r in recorded.records if r["type"] == "exit" and r["pid"] == recorded.pid)
-    assert p.hwm and p.hwm[-1].vm_hwm_kb == exit_rec["vm_hwm_kb"] == logged["vm_hwm_kb"]
+    assert p.hwm and p.hwm[-1].vm_hwm_kb == exit_rec["hwm_kb"] == logged["vm_hwm_kb"]
     assert (p.execs == 1) == (recorded.mode == "run")
     text = render_text(rep)
     assert "final VmPeak" in text and f"[{p.final_vm_peak_kb} kB]" in text
