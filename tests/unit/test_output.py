@@ -330,7 +330,7 @@ def test_session_records_have_null_pid(
 def test_start_record_fields(engine_and_records: tuple[PeakEngine, list[Explained]]) -> None:
     eng, recs = engine_and_records
     start = next(all_records(eng, recs))
-    assert start["version"] == schema.SCHEMA_VERSION == 3
+    assert start["version"] == schema.SCHEMA_VERSION == 4
     assert (start["vmtrace"], start["kernel"], start["backend"]) == (
         "0.1.0",
         "6.18.44",
