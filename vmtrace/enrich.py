@@ -14,7 +14,7 @@ from typing import Protocol
 
 from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
 from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Frame, Mapping, UserStack
-from vmtrace.shadow import ShadowMap
+from vmtrace.shadow import ShadowMap, names_of
 from vmtrace.space import AddressSpaces
 from vmtrace.syscalls import (
     MAP_ANONYMOUS,
@@ -230,10 +230,6 @@ class Enricher:
 
     @staticmethod
     def _removed(shadow: ShadowMap, start: int, end: int) -> Mapping:
-        names: list[str] = []
         pieces = shadow.overlapping(start, end)
-        for p in pieces:
-            if p.path not in names:
-                names.append(p.path)
         perms = pieces[0].perms if pieces else "----"
-        return Mapping(start, end, perms, ", ".join(names) if names else "[unknown]")
+        return Mapping(start, end, perms, names_of(pieces) or "[unknown]")

@@ -15,6 +15,12 @@ from vmtrace.records import Mapping
 _ONE_AREA = ("[heap]", "[stack]")
 
 
+def names_of(pieces: Iterable[Mapping]) -> str | None:
+    """The distinct names of `pieces`, in order, e.g. "/lib/x.so, [heap]"; None for none."""
+    names = list(dict.fromkeys(m.path for m in pieces))
+    return ", ".join(names) if names else None
+
+
 class ShadowMap:
     def __init__(self, mappings: Iterable[Mapping] = ()) -> None:
         self._starts: list[int] = []
@@ -72,11 +78,7 @@ class ShadowMap:
 
     def name_of(self, start: int, end: int) -> str | None:
         """The name(s) of what covers [start, end), e.g. "[anon]" or "/lib/x.so, [heap]"."""
-        names: list[str] = []
-        for m in self.overlapping(start, end):
-            if m.path not in names:
-                names.append(m.path)
-        return ", ".join(names) if names else None
+        return names_of(self.overlapping(start, end))
 
     def by_path(self, path: str) -> Mapping | None:
         return next((m for m in self._maps if m.path == path), None)

@@ -559,23 +559,22 @@ class Tracer:
             if not target.alive:
                 continue
             source = gone(pid, target.info, self.child)
-            if source is None:
-                continue
-            self._drain_all()  # its last records first: they precede its exit
-            # ...which may have ended it and begun a new process under its pid
-            if self.targets.get(pid) is target and target.alive:
-                self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+            if source is not None:
+                self._end_after_drain(pid, target, source)
 
     def _drain_exits(self) -> None:
         """Taskstats' exit notifications, which can come before the kernel side's exit
         record is read (or when it was lost)."""
-        for pid in self.accounts.exited():
-            target = self.targets.get(pid)
-            if target is None or not target.alive:
-                continue
-            self._drain_all()  # its last records, its exit record included
-            if self.targets.get(pid) is target and target.alive:
-                self._exited(pid, "taskstats", time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        for pid in self.accounts.exited():  # each a live target when it is yielded
+            self._end_after_drain(pid, self.targets[pid], "taskstats")
+
+    def _end_after_drain(self, pid: int, target: _Target, source: str) -> None:
+        """`target` has gone, as `source` says: its last records first (they precede its
+        exit, which may be among them and may begin a new process under its pid), then
+        its exit, unless they ended it."""
+        self._drain_all()
+        if self.targets.get(pid) is target and target.alive:
+            self._exited(pid, source, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def _exited(self, pid: int, source: str, ts_ns: int) -> None:
         target = self.targets[pid]
