@@ -96,16 +96,20 @@ static __always_inline void vmt_fill_stack(struct vmt_user_stack *s, struct vmt_
 		count(VMT_CNT_STACK_ERR);
 }
 
+/* A record that found no room. A grow/shrink change is not lost: its caller tallies it. */
 static __always_inline int vmt_lost(struct target_state *st, int is_vital)
 {
-	count(is_vital ? VMT_CNT_LOST_VITAL : VMT_CNT_LOST_CHANGES);
+	if (!is_vital)
+		return 0;
+	count(VMT_CNT_LOST_VITAL);
 	if (st)
 		__sync_fetch_and_add(&st->lost, 1);
 	return 0;
 }
 
-/* A record in the right ring, its optional parts filled, in *out: 1; or 0 (counted, for
- * the process too) when the ring is full or the trace is stopping. `stack_regs` non-NULL:
+/* A record in the right ring, its optional parts filled, in *out: 1; or 0 when the ring is
+ * full (a vital record is then counted as lost, for the process too) or the trace is
+ * stopping. `stack_regs` non-NULL:
  * capture the user stack. Callers test the result, never the pointer (see below). */
 static __always_inline int vmt_reserve(struct vmt_event **out, struct target_state *st,
 				       int is_vital, u64 file, struct vmt_regs *stack_regs)
@@ -154,8 +158,12 @@ static __always_inline int vmt_reserve(struct vmt_event **out, struct target_sta
 	e->tid = (u32)id;
 	e->rss_member = -1;
 	e->syscall_nr = -1;
-	if (st)
+	if (st) {
 		e->lost = st->lost;
+		e->tallied = st->tallied;
+		e->tallied_grown = st->tallied_grown;
+		e->tallied_shrunk = st->tallied_shrunk;
+	}
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 	*out = e;
 	return 1;

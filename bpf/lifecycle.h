@@ -92,6 +92,9 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 	e->rss_shmem = last.rss_shmem;
 	e->hiwater_rss = last.hiwater_rss;
 	e->lost = last.lost;
+	e->tallied = last.tallied;
+	e->tallied_grown = last.tallied_grown;
+	e->tallied_shrunk = last.tallied_shrunk;
 	e->aux = vmt_read_u32(bpf_get_current_task() + VMT_OFF_TASK_EXIT_CODE);
 	vmt_submit(e);
 	return 0;

@@ -47,6 +47,9 @@ struct target_state {
 	u32 in_exec;
 	u32 folded;        /* --min-delta: rises kept back since the last peak sent */
 	u32 lost;          /* records of this process dropped for want of ring space */
+	u64 tallied;       /* grow/shrink changes counted instead of sent (reader behind)... */
+	u64 tallied_grown; /* ...and the pages they mapped and unmapped */
+	u64 tallied_shrunk;
 	/* tracepoint backend: the task holding the write lock of `writer_mm` (or the read
 	 * lock it downgraded to), 0 if none, and the free range found for its new mapping */
 	u32 writer;

@@ -60,6 +60,22 @@ static __always_inline void vmt_new_mm(struct target_state *st, u64 mm, s64 nr)
 	vmt_submit(e);
 }
 
+/* The reader is behind: the `events` ring has no room. A grow/shrink change is then
+ * counted, with its size, in its process's state (each record of the process carries the
+ * totals so far) instead of sent: nothing is dropped unaccounted for, and the reader works
+ * through the ring as fast as it can. Peaks and latches have a ring of their own and are
+ * never tallied. Other CPUs may tally for the same process at once. */
+static __always_inline void vmt_tally(struct target_state *st, struct mm_snap *before,
+				      struct mm_snap *after)
+{
+	__sync_fetch_and_add(&st->tallied, 1);
+	if (after->total_vm > before->total_vm)
+		__sync_fetch_and_add(&st->tallied_grown, after->total_vm - before->total_vm);
+	else
+		__sync_fetch_and_add(&st->tallied_shrunk, before->total_vm - after->total_vm);
+	count(VMT_CNT_TALLIED);
+}
+
 /* A change from `before` to `after`, completed by the current task in call `call` (NULL:
  * the task's registers say, read only if the change is sent): judged against the peak
  * `peak_before`, sent to the ring it belongs to, and accounted for. */
@@ -105,8 +121,12 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	if (r->nr == NR_MMAP && !(r->args[3] & VMT_MAP_ANONYMOUS))
 		file = vmt_file_of_fd((s64)(s32)r->args[4]);
 	struct vmt_event *e;
-	if (!vmt_reserve(&e, st, vital, file, vital ? r : 0))
-		return;  /* no room: nothing more is read (the RSS kept is the last change sent's) */
+	if (!vmt_reserve(&e, st, vital, file, vital ? r : 0)) {
+		/* no room: nothing more is read (the RSS kept is the last change sent's) */
+		if (!vital && !(cfg && cfg->stopped))
+			vmt_tally(st, before, after);
+		return;
+	}
 	st->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
 	st->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
 	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);

@@ -85,6 +85,11 @@ struct vmt_event {
 				 * exit code (status << 8 | signal); OOM: see VMT_KIND_OOM;
 				 * BASELINE: the process's host tgid (pid is vmtrace's
 				 * namespace's, which may be another) */
+	/* grow/shrink changes of this process counted, not sent, while the reader was behind
+	 * (so far), and the pages they mapped and unmapped */
+	__u64 tallied;
+	__u64 tallied_grown;
+	__u64 tallied_shrunk;
 	__u32 folded_rises;     /* --min-delta: VmPeak rises kept back since the last one sent */
 	__s32 rss_member;       /* HWM: counter that grew (0 file, 1 anon, 3 shmem); else -1 */
 	__u32 flags;            /* VMT_FLAG_* */
@@ -129,7 +134,7 @@ struct vmt_config {
 
 /* Indexes into the per-CPU `counters` array. */
 enum vmt_counter {
-	VMT_CNT_LOST_CHANGES = 0, /* `events` ring full: a grow/shrink record dropped */
+	VMT_CNT_LOST_CHANGES = 0, /* unused: a grow/shrink change that finds no room is tallied */
 	VMT_CNT_LOST_VITAL = 1,   /* `vital` ring full: a peak, latch or lifecycle record dropped */
 	VMT_CNT_STACK_ERR = 2,    /* the user stack could not be read */
 	VMT_CNT_FILTERED = 3,     /* changes not sent: below --min-delta */
@@ -137,7 +142,9 @@ enum vmt_counter {
 	VMT_CNT_SENT_CHANGES = 5, /* grow/shrink records sent: paces the reader's wakeups */
 	VMT_CNT_CALLS_FULL = 6,   /* kprobe/fentry: a call did not fit the `inflight` map, so its
 				   * changes were judged one by one, not merged */
-	VMT_CNT_MAX = 7,
+	VMT_CNT_TALLIED = 7,      /* grow/shrink changes counted in their process's state instead of
+				   * sent: the `events` ring had no room */
+	VMT_CNT_MAX = 8,
 };
 
 #endif

@@ -48,6 +48,7 @@ COUNTER_STACK_ERR = 2
 COUNTER_FILTERED = 3
 COUNTER_TARGETS_FULL = 4
 COUNTER_CALLS_FULL = 6
+COUNTER_TALLIED = 7
 
 
 class EventStruct(ctypes.Structure):
@@ -78,6 +79,9 @@ class EventStruct(ctypes.Structure):
         ("hiwater_rss", ctypes.c_uint64),
         ("hwm_before", ctypes.c_uint64),
         ("aux", ctypes.c_uint64),
+        ("tallied", ctypes.c_uint64),
+        ("tallied_grown", ctypes.c_uint64),
+        ("tallied_shrunk", ctypes.c_uint64),
         ("folded_rises", ctypes.c_uint32),
         ("rss_member", ctypes.c_int32),
         ("flags", ctypes.c_uint32),
@@ -213,7 +217,7 @@ class DecodeError(ValueError):
 class Losses:
     """What the kernel side could not send or capture, by kind."""
 
-    changes: int = 0  # grow/shrink records: the `events` ring was full
+    changes: int = 0  # grow/shrink records; 0 since they are tallied instead (log version 5)
     vital: int = 0  # peaks, latches, lifecycle records: the `vital` ring was full
     stacks: int = 0  # user stacks that could not be read
     targets_full: int = 0  # processes to trace that did not fit the targets map
@@ -252,6 +256,11 @@ class KernelEvent:
     # OOM: the task whose allocation failed; BASELINE: the host's tgid
     folded_rises: int = 0  # --min-delta: VmPeak rises this record's peak covers
     lost: int = 0  # records of this process that found no room, so far
+    # grow/shrink changes of this process counted, not sent, while the reader was behind
+    # (so far), and the pages they mapped and unmapped
+    tallied: int = 0
+    tallied_grown_pages: int = 0
+    tallied_shrunk_pages: int = 0
     file: MappedFile | None = None
     user_stack: UserStack | None = None
 
@@ -324,7 +333,7 @@ def decode_event(data: bytes) -> KernelEvent:
     kind = _KINDS.get(v[4])
     if kind is None:
         raise DecodeError(f"unknown record kind {v[4]}")
-    flags = v[31]
+    flags = v[34]
     args = v[7:13]
     file = None
     stack = None
@@ -365,11 +374,14 @@ def decode_event(data: bytes) -> KernelEvent:
         hiwater_rss_pages=v[26],
         hwm_before_pages=v[27],
         aux=v[28],
-        folded_rises=v[29],
-        rss_member=v[30],
+        tallied=v[29],
+        tallied_grown_pages=v[30],
+        tallied_shrunk_pages=v[31],
+        folded_rises=v[32],
+        rss_member=v[33],
         flags=flags,
-        lost=v[32],
-        comm=v[33].split(b"\0", 1)[0].decode("utf-8", "replace"),
+        lost=v[35],
+        comm=v[36].split(b"\0", 1)[0].decode("utf-8", "replace"),
         file=file,
         user_stack=stack,
     )

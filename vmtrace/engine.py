@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from vmtrace.records import (
+    NO_TALLY,
     Change,
     Contributor,
     Explained,
@@ -23,6 +24,7 @@ from vmtrace.records import (
     ProcStatus,
     RecordType,
     SampleCheck,
+    Tally,
 )
 
 TOP_CAUSES = 5
@@ -49,6 +51,7 @@ class _Process:
     hwm_set_by: Explained | None = None
     mm_id: int = 0  # the image being followed (0: not known yet)
     lost: int = 0  # the kernel side's count of this process's dropped records
+    tally: Tally = NO_TALLY  # its changes the kernel side counted instead of sending
     stacks_unread: int = 0  # records whose user stack the kernel side could not read
     hwm_reset_ns: int = 0  # VmHWM was reset then: records made before say nothing of it
     hwm_raised_ns: int = 0  # when the record that last raised vm_hwm_kb was made
@@ -70,6 +73,12 @@ class PeakEngine:
     def pids(self) -> list[int]:
         return list(self._procs)
 
+    def tally(self, pid: int) -> Tally:
+        """Changes of `pid` the kernel side counted instead of sending, as its latest
+        record said."""
+        p = self._procs.get(pid)
+        return p.tally if p else NO_TALLY
+
     def lost(self, pid: int) -> int:
         """Records of `pid` the kernel side had no room for, as its latest record said."""
         p = self._procs.get(pid)
@@ -86,6 +95,7 @@ class PeakEngine:
         if p is None:
             p = self._procs[change.pid] = _Process(comm=change.comm)
         p.lost = max(p.lost, change.lost)
+        p.tally = p.tally.latest(change.tally)
         p.stacks_unread += change.stack_unread
         now = max(change.total_vm_kb_after, change.hiwater_vm_kb_after)
         kind = change.kind
@@ -278,6 +288,7 @@ class PeakEngine:
                     vm_hwm_kb=p.vm_hwm_kb,
                     hwm_set_by=p.hwm_set_by,
                     lost=p.lost,
+                    tally=p.tally,
                     stacks_unread=p.stacks_unread,
                 )
             )

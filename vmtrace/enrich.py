@@ -13,7 +13,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
-from vmtrace.records import UNNAMED_FILE, Change, ChangeKind, Frame, Mapping, UserStack
+from vmtrace.records import (
+    NO_TALLY,
+    UNNAMED_FILE,
+    Change,
+    ChangeKind,
+    Frame,
+    Mapping,
+    Tally,
+    UserStack,
+)
 from vmtrace.shadow import ShadowMap, names_of
 from vmtrace.space import AddressSpaces
 from vmtrace.syscalls import (
@@ -154,6 +163,9 @@ class Enricher:
             mm_id=ev.mm_id,
             folded_rises=ev.folded_rises,
             lost=ev.lost,
+            tally=Tally(ev.tallied, ev.tallied_grown_pages * kp, ev.tallied_shrunk_pages * kp)
+            if ev.tallied
+            else NO_TALLY,
             stack_unread=ev.user_stack is not None and not ev.user_stack.data,
         )
         space = self.spaces.apply(change)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # 2: `stack` is a list of frame objects (version 1: a list of strings)
 # 3: change records carry the kernel's `kernel_peak_kb_before` and the engine's `new_high`;
 #    `end.summary[].set_by.delta_kb` is the change's size (as in every record), `rise_kb`
 #    VmPeak's rise (version 2 had the rise in `delta_kb`)
 # 4: the exit record's final VmHWM is `hwm_kb`, as in every other record (3: `vm_hwm_kb`)
+# 5: `tally` records, and `tallied` in `end` and its summary (older logs have none)
 
 # What the reader checks a value against (vmtrace.logread has one check per kind); "any" is
 # documented and passed through unchecked, as the offline tools do not read it.
@@ -76,8 +77,8 @@ COMMON = (
     req("type", "str", "one of the types below", "string"),
     req("ts_ns", "int", "monotonic time of the record", "int"),
     f("time", "str", "ISO 8601 wall time", "string"),
-    f("pid", "int", "process (tgid); null for records about the whole session (`lost`, `end`)",
-      "int or null"),
+    f("pid", "int", "process (tgid); null for records about the whole session (`lost`, "
+      "`tally`, `end`)", "int or null"),
     f("tid", "int", "thread that made the change", "int or null"),
     f("comm", "str", "that thread's name at that moment", "string or null"),
     f("total_vm_kb_before, total_vm_kb_after", "int", "mm->total_vm around the change",
@@ -299,12 +300,23 @@ TYPES = (
         (
             req("count", "int", "(new)"),
             f("total", "int"),
-            f("by_kind", "any", "(totals so far: `changes` grow/shrink records, `vital` "
-              "peak/latch/lifecycle records, `stacks` user stacks not read, `targets_full` "
-              "processes the targets map had no room for, `calls_full` (kprobe/fentry) calls in "
-              "flight the `inflight` map had no room for: their changes were judged one by one, "
-              "not merged per call)"),
+            f("by_kind", "any", "(totals so far: `changes` grow/shrink records (0 from version "
+              "5 on: see `tally`), `vital` peak/latch/lifecycle records, `stacks` user stacks "
+              "not read, `targets_full` processes the targets map had no room for, "
+              "`calls_full` (kprobe/fentry) calls in flight the `inflight` map had no room for: "
+              "their changes were judged one by one, not merged per call)"),
             f("by_pid", "by_pid", "{pid (a string): records of that process dropped so far}"),
+        ),
+    ),
+    RecordType(
+        ("tally",),
+        "the reader was behind: the kernel counted grow/shrink changes instead of sending "
+        "them one by one (peaks and latches are always sent)",
+        (
+            req("count", "int", "(new)"),
+            f("total", "int"),
+            f("by_pid", "any", "{pid (a string): {`changes`, `grown_kb`, `shrunk_kb`}: that "
+              "process's changes counted so far, and the kB they mapped and unmapped}"),
         ),
     ),
     RecordType(
@@ -351,11 +363,13 @@ TYPES = (
             f("events, lost", "int"),
             f("lost_by_kind", "any", "(as in `lost`)"),
             f("filtered", "int", "(changes the kernel kept to itself under `--min-delta`)"),
+            f("tallied", "int", "(grow/shrink changes counted, not sent: see `tally`)"),
             f("summary", "any", "(per pid: `vm_peak_kb` (the kernel's at exit when taskstats "
               "gave it), `vm_hwm_kb` (likewise), `set_by` {`time`,`ts_ns`,`tid`,`comm`,`cause`,"
               "`type`,`delta_kb` (the change's size),`rise_kb` (VmPeak's rise),`mapping`}, "
               "`hwm_set_by` {…, `rise_kb`}, `peaks`, `latches`, `lost` (its records the kernel "
-              "side had no room for), `stacks_unread` (its records whose user stack could not "
+              "side had no room for), `tallied` {`changes`, `grown_kb`, `shrunk_kb`} (as in "
+              "`tally`), `stacks_unread` (its records whose user stack could not "
               "be read), `top_causes` [{`cause`, `mapping`, `kb`}])"),
             f("untraced_children", "any", "{`count`, `largest` {`pid`, `comm`, `vm_peak_kb`} or "
               "null}: without `--follow`, `-a`, `--comm` or `--cgroup`, the descendants of "

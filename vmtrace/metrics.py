@@ -3,7 +3,8 @@
 A Sink like the console: it sees every record the tracer emits and keeps, per traced process,
 `vmtrace_vm_peak_bytes` and `vmtrace_vm_hwm_bytes` (gauges) and, per process and cause, the
 number and bytes of VmPeak rises (`peak` records: `vm_peak_kb - vm_peak_kb_before`), plus
-`vmtrace_lost_records_total` and `vmtrace_oom_kills_total{comm}`. The text format and the HTTP
+`vmtrace_lost_records_total`, `vmtrace_tallied_changes_total` and
+`vmtrace_oom_kills_total{comm}`. The text format and the HTTP
 server are prometheus_client's, on a registry of our own (nothing but these metrics).
 
 Label cardinality is bounded: a process that exited (or exec'd into another comm) keeps its
@@ -88,6 +89,11 @@ class MetricsSink:
         self.lost = Counter(
             "vmtrace_lost_records", "Records the kernel dropped (ring buffer full).", registry=r
         )
+        self.tallied = Counter(
+            "vmtrace_tallied_changes",
+            "Grow/shrink changes the kernel counted instead of sending (the reader was behind).",
+            registry=r,
+        )
         self.oom_kills = Counter(
             "vmtrace_oom_kills", "Traced processes killed by the OOM killer.", ["comm"], registry=r
         )
@@ -111,6 +117,8 @@ class MetricsSink:
         pid = rec.get("pid")
         if t == "lost":
             self.lost.inc(int(rec.get("count") or 0))
+        elif t == "tally":
+            self.tallied.inc(int(rec.get("count") or 0))
         elif t == "oom":
             self.oom_kill(str(rec.get("comm") or "?"))
         elif t == "start":

@@ -77,6 +77,33 @@ class ProcStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """Grow/shrink changes the kernel side counted instead of sending them one by one (the
+    reader was behind), and what they mapped and unmapped; totals so far, per process."""
+
+    changes: int = 0
+    grown_kb: int = 0
+    shrunk_kb: int = 0
+
+    def latest(self, other: Tally) -> Tally:
+        """The later totals of two records (each total only grows; records of two rings and
+        several CPUs arrive in any order)."""
+        if other == self:
+            return self
+        return Tally(
+            max(self.changes, other.changes),
+            max(self.grown_kb, other.grown_kb),
+            max(self.shrunk_kb, other.shrunk_kb),
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {"changes": self.changes, "grown_kb": self.grown_kb, "shrunk_kb": self.shrunk_kb}
+
+
+NO_TALLY = Tally()
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     kind: ChangeKind
     ts_ns: int
@@ -113,6 +140,7 @@ class Change:
     mm_id: int = 0  # the address space: records of an earlier image have another one
     folded_rises: int = 0  # --min-delta: smaller VmPeak rises this peak covers
     lost: int = 0  # records of this process the kernel side had no room for, so far
+    tally: Tally = NO_TALLY  # its changes counted, not sent, so far
     stack_unread: bool = False  # a stack was to be copied, but the user stack could not be read
 
     @property
@@ -168,4 +196,5 @@ class ProcessSummary:
     vm_hwm_kb: int = 0
     hwm_set_by: Explained | None = None
     lost: int = 0  # records of this process the kernel side had no room for
+    tally: Tally = NO_TALLY  # its grow/shrink changes counted, not sent one by one
     stacks_unread: int = 0  # its records whose user stack could not be read

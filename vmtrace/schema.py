@@ -13,7 +13,7 @@ from typing import Any
 from vmtrace.frames import frame_record
 from vmtrace.logformat import SCHEMA_VERSION
 from vmtrace.procfs import ProcessInfo
-from vmtrace.records import Explained, Mapping, ProcessSummary, ProcStatus, SampleCheck
+from vmtrace.records import Explained, Mapping, ProcessSummary, ProcStatus, SampleCheck, Tally
 from vmtrace.units import WallClock
 
 Record = dict[str, Any]
@@ -236,6 +236,21 @@ def lost_record(
     return rec
 
 
+def tally_record(
+    clock: WallClock, ts_ns: int, count: int, total: int, by_pid: dict[int, Tally]
+) -> Record:
+    """The reader was behind: `count` more grow/shrink changes (`total` so far) were counted
+    by the kernel side instead of sent one by one. `by_pid`: the totals so far of each
+    process that had any, with the kB they mapped and unmapped."""
+    rec = _common("tally", clock, ts_ns)
+    rec.update(
+        count=count,
+        total=total,
+        by_pid={str(pid): t.as_dict() for pid, t in sorted(by_pid.items())},
+    )
+    return rec
+
+
 def exit_record(
     clock: WallClock,
     ts_ns: int,
@@ -367,6 +382,7 @@ def summary_dict(s: ProcessSummary, clock: WallClock) -> dict[str, Any]:
         "peaks": s.peaks,
         "latches": s.latches,
         "lost": s.lost,
+        "tallied": s.tally.as_dict(),
         "stacks_unread": s.stacks_unread,
         "set_by": set_by,
         "top_causes": [{"cause": t.cause, "mapping": t.mapping, "kb": t.kb} for t in s.top_causes],
@@ -382,6 +398,7 @@ def end_record(
     summaries: list[ProcessSummary],
     lost_by_kind: dict[str, int] | None = None,
     filtered: int = 0,
+    tallied: int = 0,
 ) -> Record:
     rec = _common("end", clock, ts_ns)
     rec.update(
@@ -390,6 +407,7 @@ def end_record(
         lost=lost,
         lost_by_kind=lost_by_kind or {},
         filtered=filtered,
+        tallied=tallied,
         summary=[summary_dict(s, clock) for s in summaries],
     )
     return rec

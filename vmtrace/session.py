@@ -23,6 +23,7 @@ from vmtrace.abi import (
     COUNTER_LOST_CHANGES,
     COUNTER_LOST_VITAL,
     COUNTER_STACK_ERR,
+    COUNTER_TALLIED,
     COUNTER_TARGETS_FULL,
     MAX_STACK_BYTES,
     STACK_CHUNK,
@@ -37,6 +38,7 @@ from vmtrace.errors import EnvironmentProblem, ProbeError
 from vmtrace.kernel.offsets import KernelOffsets
 from vmtrace.kernel.probesites import MAX_FENTRY_WRITERS, ProbePlan
 from vmtrace.pidns import PidNamespace
+from vmtrace.records import NO_TALLY, Tally
 
 BPF_DIR = Path(os.environ.get("VMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
 
@@ -366,6 +368,19 @@ class BccSession:
             targets_full=self._counter(COUNTER_TARGETS_FULL),
             calls_full=self._counter(COUNTER_CALLS_FULL),
         )
+
+    def tallied(self) -> int:
+        """Grow/shrink changes counted instead of sent, the reader being behind."""
+        return self._counter(COUNTER_TALLIED)
+
+    def tally_of(self, pid: int) -> Tally:
+        """`pid`'s changes counted instead of sent so far (none once it is gone)."""
+        try:
+            st = self._bpf["targets"][ctypes.c_uint32(pid)]
+        except KeyError:
+            return NO_TALLY
+        kb = os.sysconf("SC_PAGE_SIZE") // 1024
+        return Tally(int(st.tallied), int(st.tallied_grown) * kb, int(st.tallied_shrunk) * kb)
 
     def filtered(self) -> int:
         return self._counter(COUNTER_FILTERED)

@@ -457,8 +457,10 @@ class ConsoleSink:
         return lines
 
     def _summary(self, rec: Record) -> list[str]:
+        counted = f", {rec['tallied']} tallied" if rec.get("tallied") else ""
         lines = [
-            f"--- vmtrace summary ({rec['reason']}; {rec['events']} events, {rec['lost']} lost)"
+            f"--- vmtrace summary ({rec['reason']}; {rec['events']} events{counted}, "
+            f"{rec['lost']} lost)"
         ]
         # what the kernel side could not do without losing a record: said once, here
         by_kind = rec.get("lost_by_kind") or {}
@@ -479,6 +481,14 @@ class ConsoleSink:
                 lines.append(
                     f"  {s['lost']} of its records lost (ring buffer full): its shadow address "
                     "space may miss mappings; VmPeak stays exact"
+                )
+            tallied = s.get("tallied") or {}
+            if tallied.get("changes"):
+                lines.append(
+                    f"  {tallied['changes']} of its grow/shrink changes counted, not logged one "
+                    f"by one (the reader was behind): they mapped "
+                    f"{human_kb(tallied['grown_kb'])} and unmapped "
+                    f"{human_kb(tallied['shrunk_kb'])}; peaks and latches are all logged"
                 )
             if s.get("stacks_unread"):
                 lines.append(

@@ -107,6 +107,7 @@ class Tracer:
         self.targets: dict[int, _Target] = {}
         self.events = 0
         self.lost_reported = 0
+        self.tallied_reported = 0
         self.child: HeldChild | None = None
         self.clock = WallClock(time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time_ns())
         self.enricher: Enricher | None = None
@@ -431,6 +432,7 @@ class Tracer:
                 return "error"  # at once: the rest of a flood's records would take seconds
             self._drain_exits()
             self._check_lost()
+            self._check_tallied()
             now = time.monotonic()
             if now >= next_sample:
                 self._sample()
@@ -554,6 +556,25 @@ class Tracer:
             )
             self.lost_reported = total
 
+    def _check_tallied(self) -> None:
+        """Changes the kernel side counted instead of sending (the reader was behind): a
+        `tally` record each poll that saw more, with every process's totals so far."""
+        assert self.session is not None
+        total = self.session.tallied()
+        if total <= self.tallied_reported:
+            return
+        by_pid = {}
+        for pid in self.engine.pids():
+            # the kernel's totals while the process lives, its last record's after
+            t = self.engine.tally(pid).latest(self.session.tally_of(pid))
+            if t.changes:
+                by_pid[pid] = t
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self._emit(
+            schema.tally_record(self.clock, now, total - self.tallied_reported, total, by_pid)
+        )
+        self.tallied_reported = total
+
     def _check_alive(self) -> None:
         for pid, target in list(self.targets.items()):
             if not target.alive:
@@ -637,6 +658,7 @@ class Tracer:
                 if not self.session.more:
                     break
             self._check_lost()
+            self._check_tallied()
         except VmtraceError as e:
             self.log(f"failed to drain the last records: {e}")
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -651,6 +673,7 @@ class Tracer:
             self.engine.summary(),
             lost_by_kind=dataclasses.asdict(self.session.losses()),
             filtered=self.session.filtered(),
+            tallied=self.tallied_reported,
         )
         if self.untraced is not None:
             end["untraced_children"] = self.untraced.summary()

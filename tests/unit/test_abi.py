@@ -185,15 +185,17 @@ def test_user_stack_header_matches() -> None:
 def test_struct_layout_expected_numbers() -> None:
     """The layout written out, so that a change to both sides at once is still noticed."""
     offsets, size = c_layout(parse_struct(header_text(), "vmt_event"))
-    assert size == 248 == abi.EVENT_SIZE
+    assert size == 272 == abi.EVENT_SIZE
     assert offsets["mm_id"] == 8
     assert offsets["ret"] == 32
     assert offsets["args"] == 40
     assert offsets["total_vm_before"] == 88
     assert offsets["area_addr"] == 152
     assert offsets["aux"] == 208
-    assert offsets["flags"] == 224
-    assert offsets["comm"] == 232
+    assert offsets["tallied"] == 216
+    assert offsets["tallied_shrunk"] == 232
+    assert offsets["flags"] == 248
+    assert offsets["comm"] == 256
     assert abi.FILE_SIZE == 24 + 16 * 64
 
 

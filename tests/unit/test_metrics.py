@@ -133,14 +133,17 @@ def test_samples_set_vm_peak_and_vm_hwm() -> None:
     assert got[("vmtrace_vm_hwm_bytes", labels)] == 9_000 * 1024
 
 
-def test_lost_records_and_oom_kills() -> None:
+def test_lost_records_tallied_changes_and_oom_kills() -> None:
     sink = MetricsSink()
     sink.write(schema.lost_record(CLOCK, 1, 17, 17))
     sink.write(schema.lost_record(CLOCK, 2, 3, 20))
+    sink.write(schema.tally_record(CLOCK, 2, 1_000, 1_000, {}))
+    sink.write(schema.tally_record(CLOCK, 3, 500, 1_500, {}))
     sink.oom_kill("java")
     sink.write({"type": "oom", "ts_ns": 3, "pid": 99, "comm": "java"})
     got = scrape(sink)
     assert got[("vmtrace_lost_records_total", ())] == 20
+    assert got[("vmtrace_tallied_changes_total", ())] == 1_500
     assert got[("vmtrace_oom_kills_total", (("comm", "java"),))] == 2
 
 

@@ -17,7 +17,7 @@ from vmtrace import schema
 from vmtrace.engine import PeakEngine
 from vmtrace.errors import OutputError
 from vmtrace.procfs import ProcessInfo
-from vmtrace.records import Change, Explained, Mapping, ProcStatus, SampleCheck
+from vmtrace.records import Change, Explained, Mapping, ProcStatus, SampleCheck, Tally
 from vmtrace.sinks import ConsoleSink, JsonlSink, describe_call, open_log
 from vmtrace.syscalls import decode_args
 from vmtrace.units import WallClock, human_bytes, human_kb
@@ -330,7 +330,7 @@ def test_session_records_have_null_pid(
 def test_start_record_fields(engine_and_records: tuple[PeakEngine, list[Explained]]) -> None:
     eng, recs = engine_and_records
     start = next(all_records(eng, recs))
-    assert start["version"] == schema.SCHEMA_VERSION == 4
+    assert start["version"] == schema.SCHEMA_VERSION == 5
     assert (start["vmtrace"], start["kernel"], start["backend"]) == (
         "0.1.0",
         "6.18.44",
@@ -858,3 +858,30 @@ def test_records_without_a_readable_stack_are_counted_per_process() -> None:
     assert "  3 of its records have no call chain: its user stack could not be read" in console(
         [end]
     )
+
+
+def test_changes_the_kernel_tallied_are_counted_per_process_whatever_the_order() -> None:
+    """Each record carries its process's tally so far: the engine keeps the latest totals
+    even when an older record (another ring, another CPU) is read after a newer one, and the
+    summary, the `tally` record and the console say what was counted, not logged."""
+    eng = PeakEngine()
+    eng.start(PID, "job", ProcStatus(10_000, 10_000, 500, 500))
+    newer = dataclasses.replace(munmap_change(), tally=Tally(900, 57_600, 64_000))
+    older = dataclasses.replace(mmap_change(), tally=Tally(400, 25_600, 25_600))
+    for c in (newer, older, grow_change()):
+        eng.explain(c)
+    assert eng.tally(PID) == Tally(900, 57_600, 64_000)
+    assert eng.tally(PID + 1) == Tally()
+    end = schema.end_record(CLOCK, TS, "interrupted", 3, 0, eng.summary(), tallied=900)
+    assert end["tallied"] == 900
+    assert end["summary"][0]["tallied"] == {"changes": 900, "grown_kb": 57_600, "shrunk_kb": 64_000}
+    lines = console([end])
+    assert lines[0] == "--- vmtrace summary (interrupted; 3 events, 900 tallied, 0 lost)"
+    assert (
+        "  900 of its grow/shrink changes counted, not logged one by one (the reader was "
+        "behind): they mapped 56.25 MiB and unmapped 62.50 MiB; peaks and latches are all logged"
+    ) in lines
+    rec = schema.tally_record(CLOCK, TS, 500, 900, {PID: eng.tally(PID)})
+    assert rec["pid"] is None and rec["count"] == 500 and rec["total"] == 900
+    assert rec["by_pid"] == {str(PID): end["summary"][0]["tallied"]}
+    assert console([rec]) == []  # said once, in the summary, not a line per poll

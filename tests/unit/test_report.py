@@ -231,6 +231,25 @@ def test_mismatch_log_shows_the_unattributed_remainder() -> None:
 # -- options ------------------------------------------------------------------------------------
 
 
+def test_changes_the_kernel_tallied_are_said_in_the_report(tmp_path: Path) -> None:
+    """A log whose reader fell behind: the `tally` records' counts are summed, named
+    among the reasons the replay cannot account for all of VmPeak, and shown."""
+    lines = MISMATCH.read_text().splitlines()
+    tally = {"type": "tally", "ts_ns": 1, "pid": None, "count": 700, "total": 700,
+             "by_pid": {}}  # fmt: skip
+    log = tmp_path / "tallied.jsonl"
+    log.write_text("\n".join([*lines[:-1], json.dumps(tally), lines[-1]]) + "\n")
+    rep = report_of(log)
+    p = only(rep)
+    assert rep.tallied == 700
+    assert p.composition is not None and p.composition.note is not None
+    assert "tallied 700 changes without logging them" in p.composition.note
+    assert "700 changes tallied (not logged one by one)" in render_text(rep)
+    assert "700 changes tallied (not logged one by one)." in render_markdown(rep)
+    assert report_dict(rep)["tallied"] == 700
+    assert report_of(MISMATCH).tallied == 0
+
+
 def test_pid_filter() -> None:
     assert only(report_of(RUN, pid=100)).pid == 100
     with pytest.raises(UsageError, match=r"pid 4: it is not in .*\(pids in the log: 100\)"):

@@ -184,6 +184,7 @@ class ReportBuilder:
         self.pending: dict[int, tuple[str, ProcStatus | None]] = {}
         self.end: Record | None = None
         self.lost = 0
+        self.tallied = 0
         self.change_records = 0
         self.disagreements = 0
         self.first_disagreement: str | None = None
@@ -241,6 +242,9 @@ class ReportBuilder:
             self.seen_pids.add(pid)
         if t == "lost":
             self.lost += rec["count"]
+            return
+        if t == "tally":
+            self.tallied += rec["count"]
             return
         if t == "end":
             self.end = rec
@@ -459,6 +463,7 @@ class ReportBuilder:
             complete=end is not None if complete is None else complete,
             events=events if isinstance(events, int) else None,
             lost=self.lost,
+            tallied=self.tallied,
             change_records=self.change_records,
             engine_disagreements=self.disagreements,
             first_disagreement=self.first_disagreement,
@@ -532,6 +537,8 @@ class ReportBuilder:
                 why = []
                 if self.lost:
                     why.append(f"the kernel dropped {self.lost} records")
+                if self.tallied:
+                    why.append(f"the kernel tallied {self.tallied} changes without logging them")
                 if p.mismatches:
                     why.append(f"{counted(p.mismatches, 'sample')} corrected VmPeak")
                 if p.space.first_lost_track:

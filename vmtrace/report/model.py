@@ -156,6 +156,7 @@ class Report:
     complete: bool
     events: int | None
     lost: int
+    tallied: int  # grow/shrink changes the kernel counted without logging them one by one
     change_records: int
     engine_disagreements: int
     first_disagreement: str | None

@@ -123,7 +123,8 @@ def render_text(r: Report) -> str:
     )
     dur = f", {r.duration_s:.3f} s" if r.duration_s is not None else ""
     ending = f"ended: {r.end_reason}" if r.complete else "no end record (vmtrace was killed?)"
-    w(f"  started {r.started or '?'}{dur}; {ending}; {r.lost} records lost by the kernel")
+    tallied = f", {r.tallied} changes tallied (not logged one by one)" if r.tallied else ""
+    w(f"  started {r.started or '?'}{dur}; {ending}; {r.lost} records lost by the kernel{tallied}")
     agree = (
         f"all {r.change_records} change records agree with the log"
         if not r.engine_disagreements
@@ -255,7 +256,8 @@ def render_markdown(r: Report) -> str:
         f"{r.backend or '?'} backend; started {r.started or '?'}"
         + (f", {r.duration_s:.3f} s" if r.duration_s is not None else "")
         + (f"; ended: {r.end_reason}" if r.complete else "; **no end record**")
-        + f"; {r.lost} records lost."
+        + f"; {r.lost} records lost"
+        + (f", {r.tallied} changes tallied (not logged one by one)." if r.tallied else ".")
     )
     w("")
     w(

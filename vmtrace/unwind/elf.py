@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
+from elftools.dwarf.aranges import ARanges
 from elftools.dwarf.callframe import FDE, CallFrameInfo
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.dwarf.structs import DWARFStructs
@@ -287,6 +288,7 @@ class LoadedObject:
     path: str  # where the object is now (the cache may have been filled from another path)
     _sections: dict[int, _Section | None] = field(default_factory=dict)
     _dwarf: DWARFInfo | None = None
+    _aranges: ARanges | None = None  # get_aranges() parses the section anew at each call
     _dwarf_tried: bool = False
     _lines: list[LineTable] = field(default_factory=list)
     # What earlier lookups found, kept on disk too (seen_store) so that the next run starts
@@ -399,12 +401,14 @@ class LoadedObject:
                 with open(self.info.line_path, "rb") as f:
                     elf = ELFFile(f)
                     self._dwarf = elf.get_dwarf_info() if elf.has_dwarf_info() else None
+                    if self._dwarf is not None:
+                        self._aranges = self._dwarf.get_aranges()
             except BAD_FILE:
                 self._dwarf = None
         if self._dwarf is None:
             return None
         try:
-            table = line_table_for(self._dwarf, pc)
+            table = line_table_for(self._dwarf, pc, self._aranges)
         except BAD_FILE:
             return None
         if table is None:

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from elftools.dwarf.aranges import ARanges
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.dwarf.lineprogram import LineProgram
 from elftools.elf.elffile import ELFFile
@@ -173,11 +174,10 @@ def _file_name(lineprog: LineProgram, index: int, version: int) -> str | None:
     return name
 
 
-def line_table_for(dwarf: DWARFInfo, addr: int) -> LineTable | None:
-    """The line rows of the compilation unit that holds addr (found through .debug_aranges, or
-    by scanning the CUs' ranges when there is none)."""
+def line_table_for(dwarf: DWARFInfo, addr: int, aranges: ARanges | None) -> LineTable | None:
+    """The line rows of the compilation unit that holds addr (found through `aranges`, the
+    file's parsed .debug_aranges, or by scanning the CUs' ranges when there is none)."""
     cu = None
-    aranges = dwarf.get_aranges()
     if aranges is not None:
         offset = aranges.cu_offset_at_addr(addr)
         if offset is not None:
