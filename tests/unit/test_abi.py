@@ -271,6 +271,9 @@ def packed(**overrides: object) -> bytes:
         aux=77,
         folded_rises=3,
         lost=2,
+        tallied=123_456,
+        tallied_grown=40_000,
+        tallied_shrunk=41_000,
     )
     values.update(overrides)
     for k, v in values.items():
@@ -317,6 +320,9 @@ def test_round_trip() -> None:
         aux=77,
         folded_rises=3,
         lost=2,
+        tallied=123_456,
+        tallied_grown_pages=40_000,
+        tallied_shrunk_pages=41_000,
     )
     assert ev.has_ret is True
     assert isinstance(ev.kind, abi.EventKind)
