@@ -109,8 +109,8 @@ static __always_inline int vmt_lost(struct target_state *st, int is_vital)
 
 /* A record in the right ring, its optional parts filled, in *out: 1; or 0 when the ring is
  * full (a vital record is then counted as lost, for the process too) or the trace is
- * stopping. `stack_regs` non-NULL:
- * capture the user stack. Callers test the result, never the pointer (see below). */
+ * stopping. `stack_regs` non-NULL: capture the user stack. Callers test the result, never
+ * the pointer (see below). */
 static __always_inline int vmt_reserve(struct vmt_event **out, struct target_state *st,
 				       int is_vital, u64 file, struct vmt_regs *stack_regs)
 {
