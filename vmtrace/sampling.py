@@ -25,6 +25,9 @@ class Reading:
     status: ProcStatus
     ts_ns: int
     kernel_peak_kb: int | None  # the kernel side's per-mm peak, where it filters (--min-delta)
+    # when the read of /proc began: the kernel made its figures between this and ts_ns (taken
+    # after the read), so a record made after read_ns may be newer than the reading
+    read_ns: int
 
 
 class Sampler:
@@ -57,8 +60,9 @@ class Sampler:
         before it counts as a disagreement (and two of those as a mismatch). Where the
         kernel side filters (--min-delta), also its per-mm peak the reading is checked
         against. None: the process has gone."""
-        status, ts, kernel_kb = None, 0, None
+        status, ts, read_ns, kernel_kb = None, 0, 0, None
         for attempt in range(4):
+            read_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             status = procfs.read_status(pid)
             ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             self._drain()
@@ -69,7 +73,7 @@ class Sampler:
             if status is None or status.vm_peak_kb == expected:
                 break
             time.sleep(0.005 * (attempt + 1))
-        return Reading(status, ts, kernel_kb) if status is not None else None
+        return Reading(status, ts, kernel_kb, read_ns) if status is not None else None
 
     def record(self, pid: int, comm: str, r: Reading) -> schema.Record:
         """The sample record of a reading, once the engine has checked it (a VmHWM fall
@@ -81,7 +85,7 @@ class Sampler:
         if r.kernel_peak_kb is not None:
             rec["kernel_peak_kb"] = r.kernel_peak_kb
         if self._hwm_step:
-            self._check_hwm_reset(r.ts_ns, pid, comm, r.status)
+            self._check_hwm_reset(r, pid, comm)
         kernel = self._accounts.view(pid, r.status)
         if kernel is not None:
             rec["taskstats"] = kernel
@@ -101,11 +105,14 @@ class Sampler:
                 )
         self._engine.final(pid, final.hiwater_vm_kb, final.hiwater_rss_kb)
 
-    def _check_hwm_reset(self, ts: int, pid: int, comm: str, status: ProcStatus) -> None:
+    def _check_hwm_reset(self, r: Reading, pid: int, comm: str) -> None:
         """VmHWM only goes down when someone writes 5 to /proc/PID/clear_refs (hiwater_rss
         is reset to the current RSS), or when pages were reclaimed before any unmap
-        latched hiwater_rss. Say so, and let HWM records start again from there."""
-        before = self._engine.hwm_fall(pid, ts, status.vm_hwm_kb, self._tolerance_kb())
+        latched hiwater_rss. Say so, and let HWM records start again from there. A record
+        made while /proc was being read (after read_ns) may be newer than the reading, which
+        is then only older than it, not lower (a process touching memory during the read)."""
+        ts, status = r.ts_ns, r.status
+        before = self._engine.hwm_fall(pid, r.read_ns, status.vm_hwm_kb, self._tolerance_kb())
         if before is None:
             return
         self._engine.reset_hwm(pid, status.vm_hwm_kb, ts)
