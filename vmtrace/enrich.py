@@ -14,7 +14,6 @@ from typing import Protocol
 
 from vmtrace.abi import FLAG_NO_REGS, EventKind, KernelEvent
 from vmtrace.records import (
-    NO_TALLY,
     UNNAMED_FILE,
     Change,
     ChangeKind,
@@ -163,9 +162,9 @@ class Enricher:
             mm_id=ev.mm_id,
             folded_rises=ev.folded_rises,
             lost=ev.lost,
-            tally=Tally(ev.tallied, ev.tallied_grown_pages * kp, ev.tallied_shrunk_pages * kp)
-            if ev.tallied
-            else NO_TALLY,
+            tally=Tally.of_pages(
+                ev.tallied, ev.tallied_grown_pages, ev.tallied_shrunk_pages, kp
+            ),
             stack_unread=ev.user_stack is not None and not ev.user_stack.data,
         )
         space = self.spaces.apply(change)

@@ -85,10 +85,17 @@ class Tally:
     grown_kb: int = 0
     shrunk_kb: int = 0
 
+    @classmethod
+    def of_pages(cls, changes: int, grown_pages: int, shrunk_pages: int, kb_per_page: int) -> Tally:
+        """The kernel side's totals, counted in pages; NO_TALLY when there are none."""
+        if not changes:
+            return NO_TALLY
+        return cls(changes, grown_pages * kb_per_page, shrunk_pages * kb_per_page)
+
     def latest(self, other: Tally) -> Tally:
         """The later totals of two records (each total only grows; records of two rings and
         several CPUs arrive in any order)."""
-        if other == self:
+        if other is NO_TALLY or other == self:  # every record, while nothing is tallied
             return self
         return Tally(
             max(self.changes, other.changes),

@@ -66,6 +66,7 @@ DEFAULT_VITAL_PAGES = 4096
 DEFAULT_STACK_BYTES = 16384
 WAKEUP_EVERY = 512
 MAX_BATCH = 20_000  # records handed over per poll (~5 MB of Python objects)
+_KB_PER_PAGE = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
@@ -379,8 +380,9 @@ class BccSession:
             st = self._bpf["targets"][ctypes.c_uint32(pid)]
         except KeyError:
             return NO_TALLY
-        kb = os.sysconf("SC_PAGE_SIZE") // 1024
-        return Tally(int(st.tallied), int(st.tallied_grown) * kb, int(st.tallied_shrunk) * kb)
+        return Tally.of_pages(
+            int(st.tallied), int(st.tallied_grown), int(st.tallied_shrunk), _KB_PER_PAGE
+        )
 
     def filtered(self) -> int:
         return self._counter(COUNTER_FILTERED)
