@@ -188,13 +188,16 @@ static __always_inline void vmt_submit(struct vmt_event *e)
 
 static __always_inline void vmt_fill_rss(struct vmt_event *e, u64 mm)
 {
-	e->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
-	e->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
-	e->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
+	struct mm_rss rss = {};
+	vmt_read_rss_kinds(mm, &rss);
+	e->rss_file = rss.file;
+	e->rss_anon = rss.anon;
+	e->rss_shmem = rss.shmem;
 	e->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
 }
 
-/* The counters a record reports: the change's before and after, and the mm's break. */
+/* The counters a record reports: the change's before and after, and the mm's break (read
+ * with `after` when it was read from the mm, else now). */
 static __always_inline void vmt_fill_vm(struct vmt_event *e, struct mm_snap *before,
 					struct mm_snap *after, u64 peak_before, u64 mm)
 {
@@ -206,7 +209,7 @@ static __always_inline void vmt_fill_vm(struct vmt_event *e, struct mm_snap *bef
 	e->hiwater_vm_after = after->hiwater_vm;
 	e->stack_vm_after = after->stack_vm;
 	e->peak_before = peak_before;
-	e->brk_after = vmt_read_u64(mm + VMT_OFF_MM_BRK);
+	e->brk_after = after->brk ? after->brk : vmt_read_u64(mm + VMT_OFF_MM_BRK);
 }
 
 /* The same, with the RSS read from the mm now. */

@@ -15,6 +15,8 @@ struct mm_snap {
 	u64 total_vm;
 	u64 hiwater_vm;
 	u64 stack_vm;
+	u64 hiwater_rss;  /* read with the counters (0 in a snapshot made from the state) */
+	u64 brk;
 };
 
 /* Per traced process (tgid); user space (or an auto-add rule) creates it with mm == 0. */
@@ -47,6 +49,7 @@ struct target_state {
 	u32 in_exec;
 	u32 folded;        /* --min-delta: rises kept back since the last peak sent */
 	u32 lost;          /* records of this process dropped for want of ring space */
+	u32 tally_run;     /* grow/shrink changes tallied since one was last sent */
 	u64 tallied;       /* grow/shrink changes counted instead of sent (reader behind)... */
 	u64 tallied_grown; /* ...and the pages they mapped and unmapped */
 	u64 tallied_shrunk;
@@ -164,12 +167,17 @@ static __always_inline u64 vmt_current_mm(void)
 	return vmt_read_u64(bpf_get_current_task() + VMT_OFF_TASK_MM);
 }
 
-/* mm_struct keeps hiwater_vm, total_vm ... stack_vm within a few words of each other (read
- * at every lock release of a traced mm): one read when they are, three otherwise. */
-#if VMT_OFF_MM_HIWATER_VM < VMT_OFF_MM_TOTAL_VM && VMT_OFF_MM_TOTAL_VM < VMT_OFF_MM_STACK_VM
-#if VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM <= 64 && VMT_OFF_MM_HIWATER_VM % 8 == 0
-#if VMT_OFF_MM_TOTAL_VM % 8 == 0 && VMT_OFF_MM_STACK_VM % 8 == 0
+/* mm_struct keeps hiwater_rss, hiwater_vm, total_vm ... stack_vm ... brk within a few words
+ * of each other (read at every lock release of a traced mm): one read when they are, five
+ * otherwise. */
+#if VMT_OFF_MM_HIWATER_RSS < VMT_OFF_MM_HIWATER_VM && VMT_OFF_MM_HIWATER_VM < VMT_OFF_MM_TOTAL_VM
+#if VMT_OFF_MM_TOTAL_VM < VMT_OFF_MM_STACK_VM && VMT_OFF_MM_STACK_VM < VMT_OFF_MM_BRK
+#if VMT_OFF_MM_BRK - VMT_OFF_MM_HIWATER_RSS <= 192 && VMT_OFF_MM_HIWATER_RSS % 8 == 0
+#if VMT_OFF_MM_HIWATER_VM % 8 == 0 && VMT_OFF_MM_TOTAL_VM % 8 == 0
+#if VMT_OFF_MM_STACK_VM % 8 == 0 && VMT_OFF_MM_BRK % 8 == 0
 #define VMT_MM_COUNTERS_IN_ONE_READ 1
+#endif
+#endif
 #endif
 #endif
 #endif
@@ -177,37 +185,69 @@ static __always_inline u64 vmt_current_mm(void)
 static __always_inline void vmt_read_mm(u64 mm, struct mm_snap *s)
 {
 #ifdef VMT_MM_COUNTERS_IN_ONE_READ
-	u64 w[(VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM) / 8 + 1];
-	if (bpf_probe_read_kernel(w, sizeof(w), (void *)(mm + VMT_OFF_MM_HIWATER_VM)) != 0)
+#define VMT_MM_WORD(off) (((off) - VMT_OFF_MM_HIWATER_RSS) / 8)
+	u64 w[VMT_MM_WORD(VMT_OFF_MM_BRK) + 1];
+	if (bpf_probe_read_kernel(w, sizeof(w), (void *)(mm + VMT_OFF_MM_HIWATER_RSS)) != 0)
 		__builtin_memset(w, 0, sizeof(w));
-	s->hiwater_vm = w[0];
-	s->total_vm = w[(VMT_OFF_MM_TOTAL_VM - VMT_OFF_MM_HIWATER_VM) / 8];
-	s->stack_vm = w[(VMT_OFF_MM_STACK_VM - VMT_OFF_MM_HIWATER_VM) / 8];
+	s->hiwater_rss = w[0];
+	s->hiwater_vm = w[VMT_MM_WORD(VMT_OFF_MM_HIWATER_VM)];
+	s->total_vm = w[VMT_MM_WORD(VMT_OFF_MM_TOTAL_VM)];
+	s->stack_vm = w[VMT_MM_WORD(VMT_OFF_MM_STACK_VM)];
+	s->brk = w[VMT_MM_WORD(VMT_OFF_MM_BRK)];
+#undef VMT_MM_WORD
 #else
 	s->total_vm = vmt_read_u64(mm + VMT_OFF_MM_TOTAL_VM);
 	s->hiwater_vm = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_VM);
 	s->stack_vm = vmt_read_u64(mm + VMT_OFF_MM_STACK_VM);
+	s->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+	s->brk = vmt_read_u64(mm + VMT_OFF_MM_BRK);
 #endif
 }
 
-static __always_inline s64 vmt_rss_counter(u64 mm, int member)
+/* RSS by kind, as /proc reads it: each counter's shared value, negative as 0 */
+struct mm_rss {
+	u64 file;
+	u64 anon;
+	u64 shmem;
+};
+
+/* mm->rss_stat is an array of counters (percpu_counter or atomic_long_t, by kernel): the
+ * three that RSS sums are read in one go when they lie within a few words. */
+#define VMT_RSS_SPAN (VMT_MM_SHMEMPAGES * VMT_OFF_RSS_STRIDE + 8)
+#if VMT_OFF_RSS_STRIDE % 8 == 0 && VMT_OFF_RSS_COUNT % 8 == 0 && VMT_RSS_SPAN <= 128
+#define VMT_RSS_IN_ONE_READ 1
+#endif
+
+static __always_inline u64 vmt_rss_nonneg(s64 v)
 {
-	u64 at = mm + VMT_OFF_MM_RSS_STAT + member * VMT_OFF_RSS_STRIDE + VMT_OFF_RSS_COUNT;
-	return (s64)vmt_read_u64(at);
+	return v > 0 ? (u64)v : 0;
 }
 
-/* One RSS counter as /proc reads it: its shared value, negative as 0 */
-static __always_inline u64 vmt_rss_of(u64 mm, int member)
+static __always_inline void vmt_read_rss_kinds(u64 mm, struct mm_rss *r)
 {
-	s64 v = vmt_rss_counter(mm, member);
-	return v > 0 ? (u64)v : 0;
+	u64 at = mm + VMT_OFF_MM_RSS_STAT + VMT_OFF_RSS_COUNT;
+#ifdef VMT_RSS_IN_ONE_READ
+#define VMT_RSS_WORD(member) ((member) * VMT_OFF_RSS_STRIDE / 8)
+	s64 w[VMT_RSS_SPAN / 8];
+	if (bpf_probe_read_kernel(w, sizeof(w), (void *)at) != 0)
+		__builtin_memset(w, 0, sizeof(w));
+	r->file = vmt_rss_nonneg(w[VMT_RSS_WORD(VMT_MM_FILEPAGES)]);
+	r->anon = vmt_rss_nonneg(w[VMT_RSS_WORD(VMT_MM_ANONPAGES)]);
+	r->shmem = vmt_rss_nonneg(w[VMT_RSS_WORD(VMT_MM_SHMEMPAGES)]);
+#undef VMT_RSS_WORD
+#else
+	r->file = vmt_rss_nonneg((s64)vmt_read_u64(at + VMT_MM_FILEPAGES * VMT_OFF_RSS_STRIDE));
+	r->anon = vmt_rss_nonneg((s64)vmt_read_u64(at + VMT_MM_ANONPAGES * VMT_OFF_RSS_STRIDE));
+	r->shmem = vmt_rss_nonneg((s64)vmt_read_u64(at + VMT_MM_SHMEMPAGES * VMT_OFF_RSS_STRIDE));
+#endif
 }
 
 /* get_mm_rss() as /proc computes it */
 static __always_inline u64 vmt_read_rss(u64 mm)
 {
-	return vmt_rss_of(mm, VMT_MM_FILEPAGES) + vmt_rss_of(mm, VMT_MM_ANONPAGES) +
-	       vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
+	struct mm_rss r = {};
+	vmt_read_rss_kinds(mm, &r);
+	return r.file + r.anon + r.shmem;
 }
 
 static __always_inline u64 vmt_max(u64 a, u64 b)

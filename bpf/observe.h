@@ -76,6 +76,11 @@ static __always_inline void vmt_tally(struct target_state *st, struct mm_snap *b
 	count(VMT_CNT_TALLIED);
 }
 
+/* Once the `events` ring has been found full, a process's grow/shrink changes are tallied
+ * without trying it (nor reading the call) until every VMT_TALLY_RETRY-th: a reader that is
+ * behind stays behind for many changes, and the tries cost the traced task. */
+#define VMT_TALLY_RETRY 16
+
 /* A change from `before` to `after`, completed by the current task in call `call` (NULL:
  * the task's registers say, read only if the change is sent): judged against the peak
  * `peak_before`, sent to the ring it belongs to, and accounted for. */
@@ -108,6 +113,12 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 		count(VMT_CNT_FILTERED);
 		return;  /* nothing else is read for a change kept back */
 	}
+	if (!vital && st->tally_run % VMT_TALLY_RETRY != 0) {
+		st->tally_run++;
+		if (!(cfg && cfg->stopped))
+			vmt_tally(st, before, after);
+		return;
+	}
 	struct vmt_regs regs = {};
 	struct vmt_regs *r = call;
 	if (!r) {
@@ -123,14 +134,27 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	struct vmt_event *e;
 	if (!vmt_reserve(&e, st, vital, file, vital ? r : 0)) {
 		/* no room: nothing more is read (the RSS kept is the last change sent's) */
-		if (!vital && !(cfg && cfg->stopped))
+		if (!vital && !(cfg && cfg->stopped)) {
+			st->tally_run++;
 			vmt_tally(st, before, after);
+		}
 		return;
 	}
-	st->rss_file = vmt_rss_of(mm, VMT_MM_FILEPAGES);
-	st->rss_anon = vmt_rss_of(mm, VMT_MM_ANONPAGES);
-	st->rss_shmem = vmt_rss_of(mm, VMT_MM_SHMEMPAGES);
-	st->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+	if (!vital)
+		st->tally_run = 0;
+	struct mm_rss rss = {};
+	vmt_read_rss_kinds(mm, &rss);
+	st->rss_file = rss.file;
+	st->rss_anon = rss.anon;
+	st->rss_shmem = rss.shmem;
+	/* The counters' snapshot has hiwater_rss and the break, except when the change is a
+	 * merged call's, judged at its return: they may have moved since its last change
+	 * (brk() sets the break after the mapping grew). */
+	if (call) {
+		after->hiwater_rss = vmt_read_u64(mm + VMT_OFF_MM_HIWATER_RSS);
+		after->brk = 0;
+	}
+	st->hiwater_rss = after->hiwater_rss;
 	e->kind = vmt_decoded_call(r->nr) ? VMT_KIND_SYSCALL : VMT_KIND_OTHER;
 	vmt_fill_vm(e, before, after, peak_before, mm);
 	e->rss_file = st->rss_file;  /* just read for the state */

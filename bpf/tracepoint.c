@@ -34,9 +34,15 @@ RAW_TRACEPOINT_PROBE(mmap_lock_acquire_returned)
 	if (!st)
 		return 0;
 	u64 mm = VMT_LOCK_MM();
-	if (mm == 0 || mm != vmt_current_mm())
-		return 0;  /* someone else's mm (exec building the new one, a remote writer) */
+	if (mm == 0)
+		return 0;
+	/* Besides its own mm, a task write-locks only one it is building (a fork's child, an
+	 * exec's new image), never the state's: that is the process's own until its exec,
+	 * which moves the state on before its address could be reused. So only another mm
+	 * needs the task's checked. */
 	if (st->mm != mm) {
+		if (mm != vmt_current_mm())
+			return 0;  /* someone else's mm (exec building the new one, a remote writer) */
 		/* before the writer changes anything: a baseline, or an exec's new image */
 		struct vmt_regs r = {};
 		vmt_read_call(vmt_user_regs(), &r);
@@ -73,12 +79,15 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 	if (!st)
 		return 0;
 	u64 mm = VMT_LOCK_MM();
-	if (mm == 0 || mm != vmt_current_mm() || st->mm != mm)
+	if (mm == 0 || st->mm != mm)
 		return 0;
 	struct vmt_area area = {};
 	if (st->writer == tid && st->writer_mm == mm) {
+		/* marked at its acquire of the process's own mm */
 		__builtin_memcpy(&area, &st->area, sizeof(area));
 		st->writer = 0;
+	} else if (mm != vmt_current_mm()) {
+		return 0;
 	} else if (!VMT_LOCK_WRITE()) {
 		/* A reader. On kernels that grow the stack under the read lock (before 6.5),
 		 * a page fault's stack growth is committed by the faulting reader; any other

@@ -171,7 +171,8 @@ def inspect_target(pid: int, proc: str = PROC) -> ProcessInfo:
     try:
         status_text = _read(f"{proc}/{pid}/status")
         cmdline_raw = _read(f"{proc}/{pid}/cmdline")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # ESRCH: the process was there at open and had exited by the read
         raise TargetError(
             f"failed to trace PID {pid}: no such process (check the PID with ps -p {pid})"
         ) from None

@@ -17,6 +17,7 @@ listener must count ENOBUFS overruns and keep reading, which pyroute2's own sock
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -106,6 +107,15 @@ def _pyroute2() -> _Pyroute2:
             f"failed to import pyroute2: {e} (fix: pip install 'pyroute2>=0.7')"
         ) from e
     return _Pyroute2(Marshal=Marshal, ctrlmsg=ctrlmsg, tcmd=tcmd, taskstatsmsg=taskstatsmsg)
+
+
+def preload() -> None:
+    """Import pyroute2 now, on a thread of its own: the tracer starts this while the BPF
+    compile (which runs outside the interpreter lock) keeps the main thread waiting, so that
+    the import (about a tenth of a second) is not added to the attach time. A failure is
+    left to the first real use, which reports it."""
+    with contextlib.suppress(Exception):
+        _pyroute2()
 
 
 def _marshal(family_id: int | None) -> Any:

@@ -12,13 +12,14 @@ import os
 import pwd
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from vmtrace import __version__, procfs, schema
+from vmtrace import __version__, procfs, schema, taskstats
 from vmtrace.abi import EventKind, KernelEvent, TraceConfig
 from vmtrace.backends import (
     KernelSurvey,
@@ -140,7 +141,7 @@ class Tracer:
             raise EnvironmentProblem(
                 f"failed to use the {self.opts.backend} backend: {'; '.join(self._unusable)}{fix}"
             )
-        offsets = read_offsets()
+        offsets = read_offsets(survey.btf_path, btf=survey.btf)
         headers = choose_headers()
         self.pidns = own_pid_namespace()
         config = self._config()
@@ -255,6 +256,7 @@ class Tracer:
             try:
                 if self.child is not None:
                     infos = [procfs.inspect_target(self.child.pid)]
+                threading.Thread(target=taskstats.preload, name="preload", daemon=True).start()
                 session = self.session = self._open_backend()
                 self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder())
                 for info in infos:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,31 @@ def test_inspect_target_no_such_process() -> None:
         inspect_target(4_194_304)  # above the largest possible pid_max
     assert str(ei.value).startswith("failed to trace PID 4194304: no such process")
     assert "ps -p 4194304" in str(ei.value)
+
+
+def test_inspect_target_of_a_process_that_exits_between_open_and_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel answers ESRCH to a read of /proc/PID/status opened before the process was
+    reaped: that is "no such process", never a traceback (the interleaving is forced)."""
+    child = subprocess.Popen(["sleep", "30"])
+    real_read = procfs._read
+
+    def read_after_exit(path: str) -> str:
+        with open(path, encoding="utf-8") as f:
+            child.kill()
+            child.wait()
+            return f.read()
+
+    monkeypatch.setattr(procfs, "_read", read_after_exit)
+    try:
+        with pytest.raises(TargetError, match=rf"^failed to trace PID {child.pid}: no such "):
+            inspect_target(child.pid)
+    finally:
+        monkeypatch.setattr(procfs, "_read", real_read)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 def test_inspect_target_kernel_thread() -> None:

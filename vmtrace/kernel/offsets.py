@@ -204,13 +204,16 @@ def read_offsets(
     config_path: str = DEFAULT_CONFIG_PATH,
     *,
     machine: str | None = None,
+    btf: Btf | None = None,
 ) -> KernelOffsets:
-    """KernelOffsets of the running kernel; `machine` overrides `uname -m` for tests."""
+    """KernelOffsets of the running kernel; `machine` overrides `uname -m` for tests; `btf`:
+    the kernel's BTF already read from `btf_path` (reading it again costs attach time)."""
     arch = machine if machine is not None else os.uname().machine
     if arch != "x86_64":
         raise EnvironmentProblem(
             f"failed to compute kernel offsets: architecture {arch} is not supported "
             "(vmtrace reads x86_64 registers and stack layout; it runs on x86_64 only)"
         )
-    btf = Btf.from_file(btf_path)
+    if btf is None:
+        btf = Btf.from_file(btf_path)
     return offsets_from_btf(btf, read_kernel_config(config_path))
