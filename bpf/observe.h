@@ -65,9 +65,12 @@ static __always_inline void vmt_new_mm(struct target_state *st, u64 mm, s64 nr)
  * totals so far) instead of sent: nothing is dropped unaccounted for, and the reader works
  * through the ring as fast as it can. Peaks and latches have a ring of their own and are
  * never tallied. Other CPUs may tally for the same process at once. */
-static __always_inline void vmt_tally(struct target_state *st, struct mm_snap *before,
-				      struct mm_snap *after)
+static __always_inline void vmt_tally(struct target_state *st, struct vmt_config *cfg,
+				      struct mm_snap *before, struct mm_snap *after)
 {
+	if (cfg && cfg->stopped)
+		return;  /* the trace is ending: nothing more is accounted for */
+	st->tally_run++;
 	__sync_fetch_and_add(&st->tallied, 1);
 	if (after->total_vm > before->total_vm)
 		__sync_fetch_and_add(&st->tallied_grown, after->total_vm - before->total_vm);
@@ -114,9 +117,7 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 		return;  /* nothing else is read for a change kept back */
 	}
 	if (!vital && st->tally_run % VMT_TALLY_RETRY != 0) {
-		st->tally_run++;
-		if (!(cfg && cfg->stopped))
-			vmt_tally(st, before, after);
+		vmt_tally(st, cfg, before, after);
 		return;
 	}
 	struct vmt_regs regs = {};
@@ -134,10 +135,8 @@ static __always_inline void vmt_commit(struct target_state *st, u64 mm, struct m
 	struct vmt_event *e;
 	if (!vmt_reserve(&e, st, vital, file, vital ? r : 0)) {
 		/* no room: nothing more is read (the RSS kept is the last change sent's) */
-		if (!vital && !(cfg && cfg->stopped)) {
-			st->tally_run++;
-			vmt_tally(st, before, after);
-		}
+		if (!vital)
+			vmt_tally(st, cfg, before, after);
 		return;
 	}
 	if (!vital)
