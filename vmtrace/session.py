@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from vmtrace.kernel.offsets import KernelOffsets
 from vmtrace.kernel.probesites import MAX_FENTRY_WRITERS, ProbePlan
 from vmtrace.pidns import PidNamespace
 from vmtrace.records import NO_TALLY, Tally
+from vmtrace.ringorder import merge_rings, ts_of
 
 BPF_DIR = Path(os.environ.get("VMTRACE_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
 
@@ -146,10 +148,6 @@ def _last_error_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _ts(ev: KernelEvent) -> int:
-    return ev.ts_ns
-
-
 class BccSession:
     """One backend's programs, compiled and attached; `backend` is tracepoint, kprobe or
     fentry (bpf/<backend>.c)."""
@@ -193,7 +191,7 @@ class BccSession:
         self._bpf: Any = None
         self._changes: list[KernelEvent] = []  # from the `events` ring, at most MAX_BATCH
         self._vital: list[KernelEvent] = []
-        self._held: list[KernelEvent] = []  # vital records newer than the changes read so far
+        self._held: list[KernelEvent] = []  # records read that wait for the next drain
         self.more = False  # the last drain left records in the `events` ring
         self.decode_errors = 0
         self.close_errors = 0
@@ -336,22 +334,28 @@ class BccSession:
         return self.drain()
 
     def drain(self) -> list[KernelEvent]:
-        """The records available, in time order; `more` says the `events` ring was left
-        with records (the batch is bounded), which are then older than some of the vital
-        records read: those wait for the next drain, so that a process's exit never comes
-        before changes it made."""
-        self._bpf.ring_buffer_consume()
-        changes, self._changes = self._changes, []
-        vital, self._vital, self._held = self._held + self._vital, [], []
-        self.more = len(changes) >= MAX_BATCH
-        if self.more:
-            cutoff = max(ev.ts_ns for ev in changes)
-            self._held = [ev for ev in vital if ev.ts_ns > cutoff]
-            vital = [ev for ev in vital if ev.ts_ns <= cutoff]
-        # bpf_ktime_get_ns is one clock for every CPU; the sort is stable
-        batch = changes + vital
-        batch.sort(key=_ts)
+        """Every record stamped before this drain began, in time order; `more` says the
+        `events` ring was left with records (the batch is bounded). A record whose process
+        may have an earlier one still on its way to the other ring (vmtrace.ringorder) waits
+        for a second read, which releases it."""
+        batch: list[KernelEvent] = []
+        for _ in range(2):
+            since = time.monotonic_ns()
+            self._bpf.ring_buffer_consume()
+            changes, self._changes = self._changes, []
+            vital, self._vital = self._vital, []
+            self.more = len(changes) >= MAX_BATCH
+            ready, self._held = merge_rings(self._held, vital, changes, since, self.more)
+            batch.extend(ready)
+            if self.more or not self._held:
+                break
+        batch.sort(key=ts_of)  # two sorted runs
         return batch
+
+    def rest(self) -> list[KernelEvent]:
+        """At the end, once the kernel side sends nothing more: what still waits."""
+        rest, self._held = self._held, []
+        return rest
 
     def _counter(self, idx: int) -> int:
         values = self._bpf["counters"][ctypes.c_int(idx)]

@@ -659,6 +659,7 @@ class Tracer:
                 self._process(batch)
                 if not self.session.more:
                     break
+            self._process(self.session.rest())
             self._check_lost()
             self._check_tallied()
         except VmtraceError as e:
