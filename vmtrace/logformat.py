@@ -177,8 +177,9 @@ TYPES = (
             f("vmtrace, kernel, backend", "str"),
             f("backend_reason", "str"),
             f("page_size", "page_size"),
-            f("attach_seconds", "number", "(vmtrace start to probes attached, bcc compile "
-              "included)"),
+            f("attach_seconds", "number", "(from the vmtrace process's start, interpreter and "
+              "imports included, to probes attached, bcc compile included; to the kernel's "
+              "clock tick)"),
             f("interval", "number"),
             f("filters", "any", "{`follow`, `all`, `comms`, `cgroup`, `min_delta_kb`, "
               "`all_events`, `hwm_step_kb`}"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from vmtrace.errors import TargetError
@@ -162,6 +163,18 @@ def read_start_time(pid: int, proc: str = PROC) -> int | None:
         return parse_stat_start_time(_read(f"{proc}/{pid}/stat"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def started_monotonic(pid: int, proc: str = PROC) -> float:
+    """When `pid` started, on time.monotonic()'s clock, to the kernel's clock tick (the
+    process's own start, interpreter and imports included); now if /proc cannot say."""
+    now = time.monotonic()
+    ticks = read_start_time(pid, proc)
+    if ticks is None:
+        return now
+    # /proc's start time counts clock ticks since boot, suspended time included
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return now - max(0.0, age)
 
 
 def inspect_target(pid: int, proc: str = PROC) -> ProcessInfo:

@@ -325,4 +325,8 @@ def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
     ]
     first_exit = records.index(exits[0])
     later_peaks = [r for r in of(records[first_exit:], "peak", a["pid"])]
-    assert later_peaks and max(r["vm_peak_kb"] for r in later_peaks) == b["vm_peak_kb"]
+    assert later_peaks and max(r["vm_peak_kb"] for r in later_peaks) == b["vm_peak_kb"], [
+        (r["type"], r.get("cause"), r.get("source"), r.get("vm_peak_kb"), r.get("ts_ns"))
+        for r in records
+        if r.get("pid") == a["pid"] or r["type"] in ("lost", "tally", "end")
+    ]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -269,3 +270,22 @@ def test_metrics_port_in_use_is_refused_before_tracing(tmp_path: Path) -> None:
         f"vmtrace: failed to serve metrics on {spec}: Address already in use (fix: "
     ), res.stderr
     assert not log.exists()  # refused before anything was created or attached
+
+
+def test_tracing_loads_none_of_the_offline_tools() -> None:
+    """The subcommands' modules load when named: attach time does not pay for them."""
+    code = (
+        "import sys; import vmtrace.cli.main as m; "
+        "m.cli.get_command(None, 'run'); "
+        "print(sorted(n for n in sys.modules if n.startswith(('vmtrace.report', "
+        "'vmtrace.cli.report', 'vmtrace.cli.export', 'vmtrace.cli.plot', 'vmtrace.cli.doctor'))))"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+    assert cli.list_commands(click.Context(cli)) == ["doctor", "export", "plot", "report", "run"]
+    report = cli.get_command(click.Context(cli), "report")
+    assert report is not None and report.name == "report"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -438,3 +439,23 @@ def test_tgid_of_a_thread_is_its_process() -> None:
 
 def test_tgid_of_no_such_task(tmp_path: Path) -> None:
     assert procfs.tgid_of(4242, proc=str(tmp_path)) is None
+
+
+def test_started_monotonic_is_the_process_start() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        spawned = time.monotonic()
+        time.sleep(0.5)
+        started = procfs.started_monotonic(child.pid)
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        assert spawned - 2 * tick - 0.05 <= started <= spawned + 2 * tick
+        # this process started before its child
+        assert procfs.started_monotonic(os.getpid()) < started
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_started_monotonic_without_proc_is_now(tmp_path: Path) -> None:
+    before = time.monotonic()
+    assert before <= procfs.started_monotonic(4242, proc=str(tmp_path)) <= time.monotonic()

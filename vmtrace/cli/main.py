@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
 from vmtrace import __version__
-from vmtrace.cli.doctor import doctor_cmd
-from vmtrace.cli.export import export_cmd
-from vmtrace.cli.plot import plot_cmd
-from vmtrace.cli.report import report_cmd
 from vmtrace.errors import VmtraceError
 from vmtrace.sinks import DEFAULT_STACK_DEPTH
 from vmtrace.units import parse_size
@@ -24,7 +20,6 @@ from vmtrace.units import parse_size
 # Kept here rather than imported, so `vmtrace --help` loads nothing of the tracer.
 BACKEND_CHOICES = ("auto", "fentry", "kprobe", "tracepoint")
 
-_STARTED = time.monotonic()
 PID_MAX_LIMIT = 4194304  # include/linux/threads.h: no pid is ever larger on 64-bit
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -187,7 +182,32 @@ def common_options(f: F) -> F:
     return f
 
 
+class _LazyGroup(click.Group):
+    """Subcommands whose modules load only when named: tracing (`vmtrace -p`, `run`) loads
+    none of the offline tools' modules before its probes are on."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "doctor": "vmtrace.cli.doctor:doctor_cmd",
+        "export": "vmtrace.cli.export:export_cmd",
+        "plot": "vmtrace.cli.plot:plot_cmd",
+        "report": "vmtrace.cli.report:report_cmd",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = self.LAZY.get(cmd_name)
+        if where is None:
+            return super().get_command(ctx, cmd_name)
+        module, name = where.split(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
 @click.group(
+    cls=_LazyGroup,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=EXAMPLES,
@@ -251,10 +271,11 @@ def cli(
                 f"{name!r}: a process name is 1 to 15 bytes, without '/'", param_hint="--comm"
             )
     from vmtrace.cli.trace import trace
+    from vmtrace.procfs import started_monotonic
 
     ctx.exit(
         trace(
-            started=_STARTED,
+            started=started_monotonic(os.getpid()),
             pids=list(pids),
             command=None,
             comms=comms,
@@ -288,14 +309,12 @@ def run_cmd(ctx: click.Context, /, command: tuple[str, ...], user: str | None, *
     spec = user if user is not None else os.environ.get("SUDO_USER") or None
     run_as = RunAs.resolve(spec) if spec is not None else None
     from vmtrace.cli.trace import trace
+    from vmtrace.procfs import started_monotonic
 
-    ctx.exit(trace(started=_STARTED, pids=[], command=list(command), run_as=run_as, **kw))
+    started = started_monotonic(os.getpid())
+    ctx.exit(trace(started=started, pids=[], command=list(command), run_as=run_as, **kw))
 
 
-cli.add_command(doctor_cmd)
-cli.add_command(report_cmd)
-cli.add_command(export_cmd)
-cli.add_command(plot_cmd)
 
 
 class _Interrupted(Exception):

@@ -73,6 +73,7 @@ class Btf:
 
     def __init__(self, data: bytes, source: str = "<bytes>") -> None:
         self._source = source
+        self._offsets_of: dict[str, frozenset[int]] = {}
         try:
             self._parse_header(bytes(data))
             self._index()
@@ -118,7 +119,7 @@ class Btf:
             for i, part in enumerate(parts):
                 if not part:
                     raise _Missing(f"empty member name in {member!r}")
-                found = self._find_member(tid, part, self._name_offsets(part), 0)
+                found = self._find_member(tid, part, part.encode() + b"\0", 0)
                 if found is None:
                     raise _Missing(f"no member {part} in {self._describe(tid)}")
                 bits += found.bit_offset
@@ -270,14 +271,19 @@ class Btf:
         return (self._types[self._start(tid) + 1] >> 24) & 0x1F
 
     def _name_offsets(self, name: str) -> frozenset[int]:
-        """Every offset in the string section where exactly `name` is stored."""
+        """Every offset in the string section where exactly `name` is stored (one scan of
+        the section per name: the same struct is looked up for each of its members)."""
+        known = self._offsets_of.get(name)
+        if known is not None:
+            return known
         needle = b"\0" + name.encode() + b"\0"
         found = []
         i = self._strs.find(needle)
         while i >= 0:
             found.append(i + 1)
             i = self._strs.find(needle, i + 1)
-        return frozenset(found)
+        self._offsets_of[name] = frozenset(found)
+        return self._offsets_of[name]
 
     def _name_at(self, off: int) -> str:
         end = self._strs.find(b"\0", off)
@@ -314,9 +320,9 @@ class Btf:
             tid = words[start + 2]
         raise _Missing("typedef/modifier chain too long (corrupt BTF?)")
 
-    def _find_member(
-        self, tid: int, name: str, name_offs: frozenset[int], depth: int
-    ) -> _Found | None:
+    def _find_member(self, tid: int, name: str, needle: bytes, depth: int) -> _Found | None:
+        """`needle`: the name and its terminating NUL. A member's name is compared where it
+        is stored (a struct has tens of members; the string section holds megabytes)."""
         if depth > _MAX_ANON_DEPTH:
             raise _Missing("anonymous members nested too deeply (corrupt BTF?)")
         words = self._types
@@ -326,6 +332,7 @@ class Btf:
         kind_flag = bool(info >> 31)
         if start + 3 + 3 * vlen > len(words):
             raise _Missing(f"type id {tid} extends past the type section")
+        strs = self._strs
         anonymous: list[tuple[int, int]] = []
         for m in range(start + 3, start + 3 + 3 * vlen, 3):
             m_name, m_type, m_off = words[m], words[m + 1], words[m + 2]
@@ -333,7 +340,7 @@ class Btf:
                 bitfield_size, m_off = m_off >> 24, m_off & 0xFFFFFF
             else:
                 bitfield_size = 0
-            if m_name in name_offs:
+            if m_name and strs.startswith(needle, m_name):
                 if bitfield_size:
                     raise _Missing(
                         f"{name} is a {bitfield_size}-bit bitfield; vmtrace reads whole members"
@@ -345,7 +352,7 @@ class Btf:
         for m_type, m_off in anonymous:
             inner = self._strip_modifiers(m_type)
             if inner and self._kind(inner) in _COMPOSITES:
-                found = self._find_member(inner, name, name_offs, depth + 1)
+                found = self._find_member(inner, name, needle, depth + 1)
                 if found is not None:
                     return _Found(m_off + found.bit_offset, found.type_id)
         return None
