@@ -8,7 +8,9 @@ its own /proc/self/status; the expectations are those numbers.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -258,9 +260,12 @@ def test_cgroup_inside_a_cgroup_namespace_traces_its_members(
 # Runs `prodload big 100`, then has the next fork take the PID it had (ns_last_pid: the
 # PID namespace is new, so nothing else forks there but this shell and vmtrace's threads,
 # hence the retries) and runs `prodload big 40` under it.
-# $0 prodload, $1 the test's directory (the log is $1/log.jsonl). vmtrace is stopped until
-# the second process exists and is traced, so that it reads the first one's exit only then:
-# that exit must not make it forget the process the kernel side now has under the same pid.
+# $0 prodload, $1 the test's directory. vmtrace is stopped until the second process exists
+# and is traced, so that it reads the first one's exit only then: that exit must not make
+# it forget the process the kernel side now has under the same pid. The second waits on
+# the fifo `go` (its shell's open blocks) until the test, outside the traced tree, has read
+# the first's exit in the log: a wait inside it would trace every `grep` and `sleep` of the
+# wait, whose records can fill the ring for peaks where the reader is slow (under TCG).
 REUSE = r"""
 mkfifo "$1/go" || exit 3
 kill -STOP $PPID || exit 4
@@ -275,14 +280,37 @@ for attempt in 1 2 3 4 5; do
 done
 kill -CONT $PPID
 [ "$reused" ] || exit 7
-n=0
-until grep -q "\"type\":\"exit\",[^}]*\"pid\":$pid," "$1/log.jsonl"; do
-    n=$((n + 1)); [ $n -gt 1200 ] && exit 8
-    sleep 0.05
-done
-echo go > "$1/go"
 wait $! || exit 1
 """
+
+
+def _release_when_logged(proc: subprocess.Popen[bytes], directory: Path) -> None:
+    """Once the log has the first process's exit, let the second go on (open `go` for
+    writing: its shell's open for reading returns); return early if the run has ended."""
+    log, first, go = directory / "log.jsonl", directory / "a.json", directory / "go"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    pid = None
+    while proc.poll() is None and time.monotonic() < deadline:
+        if pid is None and first.exists() and first.read_text().endswith("\n"):
+            pid = json.loads(first.read_text())["pid"]
+        if pid is not None and log.exists():
+            lines = log.read_text().splitlines()
+            if any('"type":"exit"' in x and json.loads(x).get("pid") == pid for x in lines):
+                break
+        time.sleep(0.05)
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            fd = os.open(go, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:  # ENXIO: no reader yet, ENOENT: no fifo yet
+            if e.errno not in (errno.ENXIO, errno.ENOENT):
+                raise
+            time.sleep(0.05)
+            continue
+        try:
+            os.write(fd, b"go\n")
+        finally:
+            os.close(fd)
+        return
 
 
 @pytest.fixture(scope="module")
@@ -304,16 +332,24 @@ def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
     # vmtrace is not the namespace's init, which cannot be stopped from inside it
     init = ["/bin/sh", "-c", '"$@"; exit $?', "init"]
     cmd = [unshare, "--pid", "--fork", "--mount-proc", *init, *vmt, "/bin/sh", "-c", REUSE]
-    res = subprocess.run(
-        [*cmd, str(prodload), str(tmp_path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=vmtrace_env(),
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert res.returncode == 0, tail(res.stderr)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*cmd, str(prodload), str(tmp_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=REPO_ROOT,
+            env=vmtrace_env(),
+        )
+        try:
+            _release_when_logged(proc, tmp_path)
+            returncode = proc.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert returncode == 0, tail(err.read_text())
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text().splitlines()[-1])
     assert a["pid"] == b["pid"], "the PID was not reused"
@@ -325,8 +361,17 @@ def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
     ]
     first_exit = records.index(exits[0])
     later_peaks = [r for r in of(records[first_exit:], "peak", a["pid"])]
-    assert later_peaks and max(r["vm_peak_kb"] for r in later_peaks) == b["vm_peak_kb"], [
-        (r["type"], r.get("cause"), r.get("source"), r.get("vm_peak_kb"), r.get("ts_ns"))
-        for r in records
-        if r.get("pid") == a["pid"] or r["type"] in ("lost", "tally", "end")
-    ]
+    if not later_peaks or max(r["vm_peak_kb"] for r in later_peaks) != b["vm_peak_kb"]:
+        # pytest.fail prints its message whole, where an assertion's would be cut short
+        lines = [
+            repr(r)
+            if r["type"] in ("lost", "tally", "end")
+            else repr((r["type"], r.get("cause"), r.get("vm_peak_kb"), r.get("ts_ns")))
+            for r in records
+            if r.get("pid") == a["pid"] or r["type"] in ("lost", "tally", "end")
+        ]
+        pytest.fail(
+            f"the second process's peaks ({b['vm_peak_kb']} kB) are not its own; the pid's "
+            "records (type, cause, vm_peak_kb, ts_ns), and lost/tally/end in full:\n"
+            + "\n".join(lines)
+        )
