@@ -294,7 +294,7 @@ def _release_when_logged(proc: subprocess.Popen[bytes], directory: Path) -> None
         if pid is None and first.exists() and first.read_text().endswith("\n"):
             pid = json.loads(first.read_text())["pid"]
         if pid is not None and log.exists():
-            lines = log.read_text().splitlines()
+            lines = log.read_text().split("\n")[:-1]  # whole lines: the last may be half written
             if any('"type":"exit"' in x and json.loads(x).get("pid") == pid for x in lines):
                 break
         time.sleep(0.05)
