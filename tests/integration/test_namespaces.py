@@ -26,6 +26,7 @@ from tests.integration._require import require
 from tests.integration.conftest import (
     REPO_ROOT,
     RUN_TIMEOUT_S,
+    VmtraceProc,
     build_c,
     max_peak,
     of,
@@ -291,8 +292,9 @@ def _release_when_logged(proc: subprocess.Popen[bytes], directory: Path) -> None
     deadline = time.monotonic() + RUN_TIMEOUT_S
     pid = None
     while proc.poll() is None and time.monotonic() < deadline:
-        if pid is None and first.exists() and first.read_text().endswith("\n"):
-            pid = json.loads(first.read_text())["pid"]
+        report = first.read_text() if pid is None and first.exists() else ""
+        if report.endswith("\n"):
+            pid = json.loads(report)["pid"]
         if pid is not None and log.exists():
             lines = log.read_text().split("\n")[:-1]  # whole lines: the last may be half written
             if any('"type":"exit"' in x and json.loads(x).get("pid") == pid for x in lines):
@@ -342,14 +344,13 @@ def test_a_reused_pid_is_a_new_process(prodload: Path, tmp_path: Path) -> None:
             cwd=REPO_ROOT,
             env=vmtrace_env(),
         )
-        try:
-            _release_when_logged(proc, tmp_path)
-            returncode = proc.wait(timeout=RUN_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert returncode == 0, tail(err.read_text())
+    run = VmtraceProc(proc, out, err)
+    try:
+        _release_when_logged(proc, tmp_path)
+        returncode = run.wait()
+    finally:
+        run.kill()
+    assert returncode == 0, tail(run.stderr())
     a = json.loads((tmp_path / "a.json").read_text())
     b = json.loads((tmp_path / "b.json").read_text().splitlines()[-1])
     assert a["pid"] == b["pid"], "the PID was not reused"
