@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from vmtrace import bootcache
 from vmtrace.kernel.btf import Btf
 from vmtrace.kernel.probesites import (
     NoSites,
@@ -158,17 +159,18 @@ class KernelSurvey:
         return Candidate(name, reason=f"unknown backend {name!r}")
 
 
-def candidates(requested: str, survey: KernelSurvey) -> list[Candidate]:
-    """The backends to try, best first: all of them for `auto`, else just the one asked."""
+def candidates(requested: str, survey: KernelSurvey) -> Iterator[Candidate]:
+    """The backends to try, best first: all of them for `auto`, else just the one asked;
+    each surveyed when it is reached (the caller may start loading the first meanwhile)."""
     names = BACKENDS if requested == "auto" else (requested,)
-    return [survey.candidate(n) for n in names]
+    return (survey.candidate(n) for n in names)
 
 
 # A backend that failed to load fails again until the next boot (an EPERM from the
 # verifier, a trampoline limit). `--backend auto` remembers such failures per boot in
 # /run (tmpfs: gone at reboot), so it does not pay a second of compiling for nothing on
 # every start. An explicit --backend, and `vmtrace doctor`, always try for real.
-FAILURE_CACHE = "/run/vmtrace/load-failures.json"
+FAILURE_CACHE = os.path.join(bootcache.RUN_DIR, "load-failures.json")
 
 
 def _sources_digest() -> str:
@@ -186,22 +188,12 @@ def _sources_digest() -> str:
 def _boot_key(backend: str, plan: ProbePlan | None) -> str:
     from vmtrace import __version__
 
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = "unknown-boot"
     sites = plan.describe() if plan else ""
-    return f"{boot}|{__version__}|{_sources_digest()}|{backend}|{sites}"
+    return f"{bootcache.boot_id()}|{__version__}|{_sources_digest()}|{backend}|{sites}"
 
 
 def _read_cache(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in bootcache.read(path).items()}
 
 
 def remembered_failure(
@@ -215,19 +207,10 @@ def remember_failure(
 ) -> None:
     data = _read_cache(path)
     data[_boot_key(backend, plan)] = reason
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # only an optimisation: the next start tries again
+    bootcache.write(path, data)
 
 
 def forget_failure(backend: str, plan: ProbePlan | None, path: str = FAILURE_CACHE) -> None:
     data = _read_cache(path)
     if data.pop(_boot_key(backend, plan), None) is not None:
-        with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f)
+        bootcache.write(path, data)

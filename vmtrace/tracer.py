@@ -15,13 +15,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
 from vmtrace import __version__, procfs, schema, taskstats
 from vmtrace.abi import EventKind, KernelEvent, TraceConfig
 from vmtrace.backends import (
+    Candidate,
     KernelSurvey,
     candidates,
     forget_failure,
@@ -34,7 +35,7 @@ from vmtrace.engine import PeakEngine
 from vmtrace.enrich import Enricher
 from vmtrace.errors import EnvironmentProblem, OutputError, ProbeError, VmtraceError
 from vmtrace.kernel.headers import choose_headers
-from vmtrace.kernel.offsets import read_offsets
+from vmtrace.kernel.offsets import boot_offsets, read_offsets
 from vmtrace.kernel.privileges import check_tracing_privileges
 from vmtrace.kernel.tracefs import tracefs_root
 from vmtrace.lifecycle import KernelAccounts, exit_status_of, gone
@@ -45,7 +46,6 @@ from vmtrace.session import BccSession
 from vmtrace.sinks import DEFAULT_STACK_DEPTH, Sink
 from vmtrace.units import WallClock
 from vmtrace.untraced import UntracedChildren
-from vmtrace.unwind import Unwinder
 
 POLL_MS = 100
 OOM_RISES = 5  # VmPeak rises an OOM record recalls
@@ -115,7 +115,9 @@ class Tracer:
         self._infos: list[procfs.ProcessInfo] = []
         self.accounts = KernelAccounts(lambda pid: pid in self.targets and self.targets[pid].alive)
         self.sampler: Sampler | None = None
-        self._sessions: list[BccSession] = []
+        self._sessions: list[BccSession] = []  # made so far, best first
+        self._pending: Iterator[Candidate] = iter(())  # the candidates not surveyed yet
+        self._session_of: Callable[[Candidate], BccSession] | None = None
         self._unusable: list[str] = []
         self.backend_reason = ""
         self.output_error: OutputError | None = None
@@ -129,19 +131,14 @@ class Tracer:
         self._cgroups: dict[int, str] = {}  # memory cgroups as last seen, for OOM records
 
     # -- set-up -----------------------------------------------------------------------
-    def _prepare(self) -> list[BccSession]:
-        """The sessions to try, best first; refuses when none can run on this kernel."""
+    def _prepare(self) -> None:
+        """The first session to try (more follow from _next_session() if it fails to load);
+        refuses when no backend can run on this kernel."""
         check_tracing_privileges()
         survey = KernelSurvey(tracefs_root())
-        found = candidates(self.opts.backend, survey)
-        self._unusable = [f"{c.name}: {c.reason}" for c in found if not c.usable]
-        usable = [c for c in found if c.usable]
-        if not usable:
-            fix = "" if self.opts.backend == "auto" else " (fix: --backend auto)"
-            raise EnvironmentProblem(
-                f"failed to use the {self.opts.backend} backend: {'; '.join(self._unusable)}{fix}"
-            )
-        offsets = read_offsets(survey.btf_path, btf=survey.btf)
+        offsets = boot_offsets(
+            survey.btf_path, lambda: read_offsets(survey.btf_path, btf=survey.btf)
+        )
         headers = choose_headers()
         self.pidns = own_pid_namespace()
         config = self._config()
@@ -152,11 +149,10 @@ class Tracer:
                 f"{offsets.mm_total_vm} hiwater_vm={offsets.mm_hiwater_vm} stack_vm="
                 f"{offsets.mm_stack_vm}"
             )
-            for reason in self._unusable:
-                self.log(f"backend {reason}")
         max_targets = 32768 if self.opts.discovers else 1024
-        return [
-            BccSession(
+
+        def session_of(c: Candidate) -> BccSession:
+            return BccSession(
                 c.name,
                 offsets,
                 headers.kernel_source,
@@ -168,8 +164,36 @@ class Tracer:
                 oom_victim=survey.oom_victim,
                 pidns=self.pidns,
             )
-            for c in usable
-        ]
+
+        self._session_of = session_of
+        self._pending = candidates(self.opts.backend, survey)
+        first = self._next_session()
+        if first is None:
+            fix = "" if self.opts.backend == "auto" else " (fix: --backend auto)"
+            raise EnvironmentProblem(
+                f"failed to use the {self.opts.backend} backend: {'; '.join(self._unusable)}{fix}"
+            )
+
+    def _next_session(self) -> BccSession | None:
+        """The session of the next candidate that can run here, surveyed only now: a later
+        one is looked at only if those before it fail (why the others cannot run is kept
+        in _unusable)."""
+        for c in self._pending:
+            if c.usable and self._session_of is not None:
+                session = self._session_of(c)
+                self._sessions.append(session)
+                return session
+            self._unusable.append(f"{c.name}: {c.reason}")
+            if self.opts.verbose:
+                self.log(f"backend {c.name}: {c.reason}")
+        return None
+
+    def _remembered(self, session: BccSession) -> str | None:
+        """Why `session` failed to load before in this boot, if it did (`auto` only: an
+        explicit --backend always tries for real)."""
+        if self.opts.backend != "auto":
+            return None
+        return remembered_failure(session.backend, session.plan)
 
     def _config(self) -> TraceConfig:
         page = os.sysconf("SC_PAGE_SIZE")
@@ -188,14 +212,16 @@ class Tracer:
 
     def _open_backend(self) -> BccSession:
         """Load the first candidate that loads; say which and why in backend_reason."""
-        tried = list(self._unusable)
-        auto = self.opts.backend == "auto"
-        for i, session in enumerate(self._sessions):
-            last = i == len(self._sessions) - 1
-            known = remembered_failure(session.backend, session.plan) if auto else None
-            if known and not last:
-                tried.append(f"{session.backend}: {known} (this boot, remembered)")
-                continue
+        tried: list[str] = []
+        session: BccSession | None = self._sessions[0]
+        while session is not None:
+            known = self._remembered(session)
+            if known:
+                following = self._next_session()
+                if following is not None:
+                    tried.append(f"{session.backend}: {known} (this boot, remembered)")
+                    session = following
+                    continue
             try:
                 session.open()
                 if known:
@@ -204,15 +230,17 @@ class Tracer:
                 remember_failure(session.backend, session.plan, str(e))
                 if self.opts.verbose > 1 and session.diagnostics:
                     self.log(f"bcc said, loading {session.backend}:\n{session.diagnostics}")
-                if last:
-                    raise ProbeError("; ".join([*tried, str(e)]) if tried else str(e)) from None
+                following = self._next_session()
+                if following is None:
+                    raise ProbeError("; ".join([*self._unusable, *tried, str(e)])) from None
                 tried.append(f"{session.backend}: {e}")
                 if self.opts.verbose:
                     self.log(f"backend {session.backend} did not load: {e}")
+                session = following
                 continue
             sites = f" ({session.plan.describe()})" if session.plan else ""
             why = "requested" if self.opts.backend != "auto" else "auto: best that attached"
-            self.backend_reason = "; ".join([f"{why}{sites}", *tried])
+            self.backend_reason = "; ".join([f"{why}{sites}", *self._unusable, *tried])
             return session
         raise ProbeError("failed to load any backend")  # unreachable: _prepare refuses none
 
@@ -221,7 +249,7 @@ class Tracer:
         """Everything that can refuse to trace, before any file is created or probe loaded."""
         self.opts.pids = self._processes_of(self.opts.pids)
         self._infos = [procfs.inspect_target(pid) for pid in self.opts.pids]
-        self._sessions = self._prepare()
+        self._prepare()
 
     def _processes_of(self, pids: list[int]) -> list[int]:
         """-p takes a process; given a thread's id it traces that thread's process (the
@@ -258,6 +286,9 @@ class Tracer:
                     infos = [procfs.inspect_target(self.child.pid)]
                 threading.Thread(target=taskstats.preload, name="preload", daemon=True).start()
                 session = self.session = self._open_backend()
+                # imported here, not at the top: only a trace that starts needs its ELF library
+                from vmtrace.unwind import Unwinder
+
                 self.enricher = Enricher(os.sysconf("SC_PAGE_SIZE"), procfs.read_maps, Unwinder())
                 for info in infos:
                     session.add_target(info.pid)

@@ -13,10 +13,16 @@ from pathlib import Path
 import pytest
 
 from vmtrace.abi import TraceConfig
-from vmtrace.backends import TRACEPOINT_MIN_KERNEL, KernelSurvey, kernel_version
+from vmtrace.backends import (
+    TRACEPOINT_MIN_KERNEL,
+    Candidate,
+    KernelSurvey,
+    candidates,
+    kernel_version,
+)
 from vmtrace.kernel.offsets import KernelOffsets
 from vmtrace.kernel.probesites import ProbePlan
-from vmtrace.session import LIFECYCLE_TRACEPOINTS, LOCK_TRACEPOINTS, BccSession
+from vmtrace.session import BACKENDS, LIFECYCLE_TRACEPOINTS, LOCK_TRACEPOINTS, BccSession
 
 TRACEPOINTS = LIFECYCLE_TRACEPOINTS + LOCK_TRACEPOINTS
 
@@ -144,3 +150,22 @@ def test_a_helper_the_verifier_refuses_is_the_reason_given() -> None:
     assert _last_error_line("clang: error: no such file\nsomething else\n") == (
         "clang: error: no such file"
     )
+
+
+def test_backends_are_surveyed_only_when_reached(tmp_path: Path) -> None:
+    """`auto` looks at a backend only once those before it are ruled out: fentry's survey
+    indexes the whole BTF, which a start that attaches with tracepoint never needs."""
+    seen: list[str] = []
+
+    class Survey(KernelSurvey):
+        def candidate(self, name: str) -> Candidate:
+            seen.append(name)
+            return Candidate(name)
+
+    found = candidates("auto", Survey(tracefs=str(tmp_path)))
+    assert seen == []
+    assert next(found).name == BACKENDS[0]
+    assert seen == [BACKENDS[0]]
+    assert [c.name for c in found] == list(BACKENDS[1:])
+    assert seen == list(BACKENDS)
+    assert [c.name for c in candidates("kprobe", Survey(tracefs=str(tmp_path)))] == ["kprobe"]

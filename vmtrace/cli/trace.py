@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from vmtrace.child import RunAs
 from vmtrace.errors import OutputError
-from vmtrace.metrics import MetricsServer, MetricsSink
 from vmtrace.sinks import (
     DEFAULT_STACK_DEPTH,
     ConsoleSink,
@@ -18,6 +18,9 @@ from vmtrace.sinks import (
     Sink,
 )
 from vmtrace.tracer import TraceOptions, Tracer, default_log
+
+if TYPE_CHECKING:
+    from vmtrace.metrics import MetricsServer
 
 
 def trace(
@@ -74,6 +77,9 @@ def trace(
             default_log(f"the command runs as {run_as.name} (uid {run_as.uid}, gid {run_as.gid})")
     server: MetricsServer | None = None
     if metrics is not None:
+        # imported only then: prometheus_client and its HTTP server cost every start ~50 ms
+        from vmtrace.metrics import MetricsServer, MetricsSink
+
         metrics_sink = MetricsSink()
         server = MetricsServer(metrics_sink, metrics)  # refuses before anything is traced
         sinks.append(metrics_sink)

@@ -6,11 +6,15 @@ so every kernel struct it touches is read at an offset given here as a -D consta
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import os
 import zlib
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 
+from vmtrace import bootcache
 from vmtrace.errors import EnvironmentProblem
 from vmtrace.kernel.btf import DEFAULT_PATH, Btf
 
@@ -217,3 +221,33 @@ def read_offsets(
     if btf is None:
         btf = Btf.from_file(btf_path)
     return offsets_from_btf(btf, read_kernel_config(config_path))
+
+
+OFFSETS_CACHE = os.path.join(bootcache.RUN_DIR, "offsets.json")
+
+
+def boot_offsets(
+    btf_path: str = DEFAULT_PATH,
+    load: Callable[[], KernelOffsets] | None = None,
+    path: str = OFFSETS_CACHE,
+) -> KernelOffsets:
+    """The running kernel's offsets, as read_offsets() gives them (or `load`), read once per
+    boot: the kernel's BTF and config cannot change before the next one, and indexing the
+    BTF costs every start about a tenth of a second before compiling can begin. The key
+    names the boot, this module's text (the members it asks for) and the BTF file."""
+    key = f"{bootcache.boot_id()}|{_module_digest()}|{btf_path}"
+    entry = bootcache.read(path).get(key)
+    if isinstance(entry, dict):
+        with contextlib.suppress(TypeError):
+            cached = KernelOffsets(**entry)
+            if all(type(getattr(cached, f.name)) is int for f in fields(cached)):
+                return cached
+    offsets = load() if load is not None else read_offsets(btf_path)
+    # one kernel per boot: the previous boots' entries are dropped, not accumulated
+    bootcache.write(path, {key: asdict(offsets)})
+    return offsets
+
+
+def _module_digest() -> str:
+    with open(__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
