@@ -169,9 +169,9 @@ static __always_inline int vmt_reserve(struct vmt_event **out, struct target_sta
 	return 1;
 }
 
-/* Vital records wake the reader at once; the others only once the ring holds enough to
- * be worth a wakeup (every VMT_WAKEUP_EVERY-th on this CPU) (the reader polls on a short timeout anyway), which spares the traced
- * task an IPI per record. */
+/* Vital records wake the reader at once; the others only every VMT_WAKEUP_EVERY-th on
+ * this CPU, once the ring holds enough to be worth a wakeup (the reader polls on a short
+ * timeout anyway), which spares the traced task an IPI per record. */
 static __always_inline void vmt_submit(struct vmt_event *e)
 {
 	u64 wake = BPF_RB_NO_WAKEUP;

@@ -82,10 +82,10 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 	if (mm == 0 || st->mm != mm)
 		return 0;
 	struct vmt_area area = {};
-	if (st->writer == tid && st->writer_mm == mm) {
+	int marked = st->writer == tid && st->writer_mm == mm;
+	if (marked) {
 		/* marked at its acquire of the process's own mm */
 		__builtin_memcpy(&area, &st->area, sizeof(area));
-		st->writer = 0;
 	} else if (mm != vmt_current_mm()) {
 		return 0;
 	} else if (!VMT_LOCK_WRITE()) {
@@ -105,15 +105,17 @@ RAW_TRACEPOINT_PROBE(mmap_lock_released)
 	vmt_read_mm(mm, &now);
 	if (st->in_exec) {
 		vmt_accept(st, mm, &now, 1);  /* the exec record reports the new image */
-		return 0;
+	} else if (now.total_vm != st->total_vm || now.hiwater_vm != st->hiwater_vm) {
+		struct mm_snap before = {
+			.total_vm = st->total_vm,
+			.hiwater_vm = st->hiwater_vm,
+			.stack_vm = st->stack_vm,
+		};
+		vmt_commit(st, mm, &before, &now, st->peak, 0, 0, 0, &area);
 	}
-	if (now.total_vm == st->total_vm && now.hiwater_vm == st->hiwater_vm)
-		return 0;
-	struct mm_snap before = {
-		.total_vm = st->total_vm,
-		.hiwater_vm = st->hiwater_vm,
-		.stack_vm = st->stack_vm,
-	};
-	vmt_commit(st, mm, &before, &now, st->peak, 0, 0, 0, &area);
+	/* Cleared only once the change is sent: user space reads a /proc figure as one the
+	 * records may not show yet for as long as the mark is set. */
+	if (marked)
+		st->writer = 0;
 	return 0;
 }

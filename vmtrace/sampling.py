@@ -19,6 +19,11 @@ from vmtrace.units import WallClock
 
 Emit = Callable[[schema.Record], None]
 
+# The longest a reading waits for a writer to finish the change it may show: far longer than
+# any lock hold of a running writer, short enough that a mark left set by a writer the
+# kernel side could not see release delays a sample by no more than this.
+IN_FLIGHT_WAIT_S = 0.5
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -56,15 +61,14 @@ class Sampler:
     def read(self, pid: int) -> Reading | None:
         """/proc/PID/status, read when the events can agree with it: a change made before
         the reading is in the ring buffer once drained, unless its mmap_lock was still held
-        (or its syscall had not returned); such a reading is retried a few times, briefly,
-        before it counts as a disagreement (and two of those as a mismatch). Where the
-        kernel side filters (--min-delta), also its per-mm peak the reading is checked
-        against. None: the process has gone."""
+        (or its syscall had not returned). A reading taken while the kernel side marks a
+        writer of the process mid-change is taken again once it is done; any other
+        disagreement is retried a few times, briefly, before it counts as one (and two of
+        those as a mismatch). Where the kernel side filters (--min-delta), also its per-mm
+        peak the reading is checked against. None: the process has gone."""
         status, ts, read_ns, kernel_kb = None, 0, 0, None
         for attempt in range(4):
-            read_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            status = procfs.read_status(pid)
-            ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            status, read_ns, ts = self._settled_status(pid)
             self._drain()
             if self._kernel_filters:
                 pages = self._session.kernel_peak_pages(pid)
@@ -74,6 +78,26 @@ class Sampler:
                 break
             time.sleep(0.005 * (attempt + 1))
         return Reading(status, ts, kernel_kb, read_ns) if status is not None else None
+
+    def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int, int]:
+        """(status, read_ns, ts_ns) of a reading no writer was changing: the kernel has
+        already counted a change it shows while the record of it waits for the writer's
+        lock release, which can be arbitrarily late (a writer preempted mid-fault, direct
+        reclaim). Waits up to IN_FLIGHT_WAIT_S for such a writer, draining meanwhile, and
+        then takes the reading as it is."""
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+        while True:
+            read_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            status = procfs.read_status(pid)
+            ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            # asked after the read: a mark cleared by then means every change begun before
+            # it has been sent (the mark is cleared after the record is submitted)
+            if status is None or not self._session.change_in_flight(pid):
+                return status, read_ns, ts
+            if time.monotonic() >= deadline:
+                return status, read_ns, ts
+            self._drain()
+            time.sleep(0.002)
 
     def record(self, pid: int, comm: str, r: Reading) -> schema.Record:
         """The sample record of a reading, once the engine has checked it (a VmHWM fall

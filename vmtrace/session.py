@@ -399,6 +399,17 @@ class BccSession:
             return None
         return int(st.lost)
 
+    def change_in_flight(self, pid: int) -> bool:
+        """A task of `pid` holds its mmap_lock for writing (or the read lock it downgraded
+        to) and may have changed total_vm without the record being sent yet: the tracepoint
+        backend's writer mark. The kprobe and fentry backends judge a change inside the
+        writing function and never set it."""
+        try:
+            st = self._bpf["targets"][ctypes.c_uint32(pid)]
+        except KeyError:
+            return False
+        return bool(st.writer)
+
     def kernel_peak_pages(self, pid: int) -> int | None:
         """The kernel side's VmPeak for `pid` (max(total_vm, hiwater_vm) it has seen)."""
         try:

@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -257,6 +258,43 @@ def backends_under_test() -> list[str]:
         return chosen
     working = doctor_report().get("working") or []
     return [str(b) for b in working] or ["tracepoint"]
+
+
+@pytest.fixture(params=backends_under_test())
+def bcc_session(request: pytest.FixtureRequest, bpf_ready: None) -> Iterator[Any]:
+    """A BccSession of the backend `request.param` (every backend under test unless a test
+    names some with indirect parametrisation), compiled and loaded, not yet opened."""
+    # imported here: collecting the tests must not need bcc (they skip without it)
+    from vmtrace.abi import TraceConfig
+    from vmtrace.backends import KernelSurvey, candidates
+    from vmtrace.kernel.headers import choose_headers
+    from vmtrace.kernel.offsets import read_offsets
+    from vmtrace.kernel.tracefs import tracefs_root
+    from vmtrace.session import BccSession
+
+    survey = KernelSurvey(tracefs_root())
+    (c,) = candidates(request.param, survey)
+    if not c.usable:
+        pytest.skip(f"{c.name}: {c.reason}")
+    s = BccSession(
+        c.name,
+        read_offsets(survey.btf_path, btf=survey.btf),
+        choose_headers().kernel_source,
+        survey.have_task_pt_regs,
+        c.plan,
+        config=TraceConfig(),
+        oom_victim=survey.oom_victim,
+    )
+    yield s
+    s.close()
+
+
+def answer(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> bytes:
+    """The next line a workload writes on its stdout pipe; fails after timeout_s."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    assert ready, "the workload did not answer"
+    return proc.stdout.readline()
 
 
 def rmdir_when_empty(d: Path) -> None:

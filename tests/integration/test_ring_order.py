@@ -9,19 +9,12 @@ hand them over peak, latch, change.
 
 from __future__ import annotations
 
-import select
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import backends_under_test
-from vmtrace.abi import TraceConfig
-from vmtrace.backends import KernelSurvey, candidates
-from vmtrace.kernel.headers import choose_headers
-from vmtrace.kernel.offsets import read_offsets
-from vmtrace.kernel.tracefs import tracefs_root
+from tests.integration.conftest import answer
 from vmtrace.session import BccSession
 
 # bcc names maps by str here, as vmtrace does; it would rather have bytes
@@ -47,33 +40,8 @@ sys.stdin.readline()
 """
 
 
-def _line(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> bytes:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    assert ready, "the workload did not answer"
-    return proc.stdout.readline()
-
-
-@pytest.fixture(params=backends_under_test())
-def session(request: pytest.FixtureRequest, bpf_ready: None) -> Iterator[BccSession]:
-    survey = KernelSurvey(tracefs_root())
-    (c,) = candidates(request.param, survey)
-    if not c.usable:
-        pytest.skip(f"{c.name}: {c.reason}")
-    s = BccSession(
-        c.name,
-        read_offsets(survey.btf_path, btf=survey.btf),
-        choose_headers().kernel_source,
-        survey.have_task_pt_regs,
-        c.plan,
-        config=TraceConfig(),
-        oom_victim=survey.oom_victim,
-    )
-    yield s
-    s.close()
-
-
-def test_a_change_read_before_an_earlier_peak_waits_for_it(session: BccSession) -> None:
+def test_a_change_read_before_an_earlier_peak_waits_for_it(bcc_session: BccSession) -> None:
+    session = bcc_session
     wl = subprocess.Popen(
         [sys.executable, "-c", WORKLOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -92,7 +60,7 @@ def test_a_change_read_before_an_earlier_peak_waits_for_it(session: BccSession) 
                 held_at.append(ev.ts_ns)
                 stdin.write(b"go\n")
                 stdin.flush()
-                assert _line(wl) == b"done\n"
+                assert answer(wl) == b"done\n"
             return rc
 
         session._on_change = on_change  # type: ignore[method-assign,assignment]
@@ -100,7 +68,7 @@ def test_a_change_read_before_an_earlier_peak_waits_for_it(session: BccSession) 
         session.add_target(wl.pid)
         stdin.write(b"start\n")
         stdin.flush()
-        assert _line(wl) == b"ready\n"
+        assert answer(wl) == b"ready\n"
         got = []
         for _ in range(20):
             got += [ev for ev in session.drain() if ev.pid == wl.pid]

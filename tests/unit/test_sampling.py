@@ -1,15 +1,18 @@
-"""Sampler: a /proc reading against the HWM records drained after it (no kernel: the
-reading and the ring are fakes, the clock is the real CLOCK_MONOTONIC the sampler reads)."""
+"""Sampler: a /proc reading against the records drained after it (no kernel: the reading,
+the ring and the writer mark are fakes, the clock is the real CLOCK_MONOTONIC the sampler
+reads)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from tests.unit.test_engine import PID, hwm_record, started
-from vmtrace import procfs, schema
+from vmtrace import procfs, sampling, schema
+from vmtrace.engine import PeakEngine
 from vmtrace.lifecycle import KernelAccounts
 from vmtrace.records import Change, ProcStatus
 from vmtrace.sampling import Sampler
@@ -19,11 +22,17 @@ PEAK = 264_480
 
 
 class _Session:
-    def __init__(self) -> None:
+    def __init__(self, writing_until_ns: int = 0) -> None:
         self.resets: list[tuple[int, int]] = []
+        self.writing_until_ns = writing_until_ns  # the writer mark is set until then
+        self.asked = 0
 
     def reset_hwm(self, pid: int, hwm_pages: int) -> None:
         self.resets.append((pid, hwm_pages))
+
+    def change_in_flight(self, pid: int) -> bool:
+        self.asked += 1
+        return _now() < self.writing_until_ns
 
 
 def _now() -> int:
@@ -56,7 +65,73 @@ def test_a_record_made_while_proc_was_read_is_newer_than_the_reading(
     monkeypatch.setattr(procfs, "read_status", read_status)
     emitted: list[schema.Record] = []
     session = _Session()
-    sampler = Sampler(
+    sampler = _sampler(session, eng, drain, emitted)
+    reading = sampler.read(PID)
+    assert reading is not None and reading.read_ns < reading.ts_ns
+    rec = sampler.record(PID, "job", reading)
+    assert rec["type"] == "sample"
+    assert not emitted and not session.resets
+    assert eng.vm_hwm_kb(PID) == 185_952
+
+
+def test_a_reading_taken_mid_change_waits_for_its_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN a writer that has grown total_vm by 64 MiB past the peak and holds mmap_lock
+    for 150 ms more (preempted mid-fault), so that /proc already shows the new VmPeak while
+    its record is sent only at the lock's release
+    WHEN a sample is read meanwhile
+    THEN the reading is taken again once the writer mark is cleared, and it matches the
+    records: no disagreement (a short retry alone gave up after ~50 ms)."""
+    eng, tl = started(PEAK)
+    grown = PEAK + 65_536
+    released_ns = _now() + 150_000_000
+    ring = [tl.grow(65_536)]
+
+    def read_status(pid: int) -> ProcStatus:
+        return ProcStatus(vm_peak_kb=grown, vm_size_kb=grown, vm_hwm_kb=1_000, vm_rss_kb=1_000)
+
+    def drain() -> None:
+        while ring and _now() >= released_ns:  # sent at the release
+            eng.explain(ring.pop(0))
+
+    monkeypatch.setattr(procfs, "read_status", read_status)
+    emitted: list[schema.Record] = []
+    session = _Session(writing_until_ns=released_ns)
+    sampler = _sampler(session, eng, drain, emitted)
+    reading = sampler.read(PID)
+    assert reading is not None and reading.read_ns >= released_ns
+    rec = sampler.record(PID, "job", reading)
+    assert rec["match"] is True and rec["expected_vm_peak_kb"] == grown
+    assert session.asked > 1
+
+
+def test_a_mark_never_cleared_delays_a_reading_by_a_bounded_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GIVEN a writer mark that stays set (a release the kernel side did not see)
+    WHEN a sample is read
+    THEN the reading is taken as it is after IN_FLIGHT_WAIT_S, and judged as any other."""
+    eng, _ = started(PEAK)
+    monkeypatch.setattr(sampling, "IN_FLIGHT_WAIT_S", 0.05)
+    monkeypatch.setattr(
+        procfs,
+        "read_status",
+        lambda pid: ProcStatus(vm_peak_kb=PEAK, vm_size_kb=PEAK, vm_hwm_kb=1, vm_rss_kb=1),
+    )
+    session = _Session(writing_until_ns=_now() + 3_600 * 10**9)
+    sampler = _sampler(session, eng, lambda: None, [])
+    t0 = time.monotonic()
+    reading = sampler.read(PID)
+    assert reading is not None and time.monotonic() - t0 < 1.0
+    assert sampler.record(PID, "job", reading)["match"] is True
+
+
+def _sampler(
+    session: _Session,
+    eng: PeakEngine,
+    drain: Callable[[], None],
+    emitted: list[schema.Record],
+) -> Sampler:
+    return Sampler(
         session,  # type: ignore[arg-type]
         eng,
         KernelAccounts(lambda pid: True),
@@ -66,9 +141,3 @@ def test_a_record_made_while_proc_was_read_is_newer_than_the_reading(
         drain=drain,
         emit=emitted.append,
     )
-    reading = sampler.read(PID)
-    assert reading is not None and reading.read_ns < reading.ts_ns
-    rec = sampler.record(PID, "job", reading)
-    assert rec["type"] == "sample"
-    assert not emitted and not session.resets
-    assert eng.vm_hwm_kb(PID) == 185_952
