@@ -216,7 +216,6 @@ TYPES = (
     RecordType(
         ("latch",),
         "hiwater_vm was recorded (the kernel latches it just before lowering total_vm)",
-        (f("hiwater_vm_kb_before", "int"),),
         note="see *change fields*",
         change=True,
     ),

@@ -599,6 +599,30 @@ def test_synthetic_log_is_consistent(logs: tuple[Path, Path]) -> None:
         assert (e.type, e.vm_peak_kb) == (rec["type"], rec["vm_peak_kb"])
 
 
+def test_a_change_record_missing_any_field_is_a_format_error_or_read() -> None:
+    """GIVEN each change record of the fixtures (every change type they have)
+    WHEN any one of its fields is missing
+    THEN change_from_record reads it or raises LogFormatError, never a KeyError: a field
+    the engine input needs is required by the record type's definition, whichever type it
+    is."""
+    seen: set[str] = set()
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("type") not in CHANGE_TYPES:
+                continue
+            seen.add(rec["type"])
+            for name in rec:
+                if name == "type":
+                    continue
+                cut = {k: v for k, v in rec.items() if k != name}
+                try:
+                    change_from_record(cut)
+                except LogFormatError:
+                    pass
+    assert {"peak", "latch", "exec", "baseline"} <= seen
+
+
 # -- property: corrupted logs give a LogFormatError or a warning, never a traceback --------------
 
 EXAMPLES_RUN: list[int] = []
