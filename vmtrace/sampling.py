@@ -67,8 +67,9 @@ class Sampler:
         those as a mismatch). Where the kernel side filters (--min-delta), also its per-mm
         peak the reading is checked against. None: the process has gone."""
         status, ts, read_ns, kernel_kb = None, 0, 0, None
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_S  # one wait for the whole reading
         for attempt in range(4):
-            status, read_ns, ts = self._settled_status(pid)
+            status, read_ns, ts = self._settled_status(pid, deadline)
             self._drain()
             if self._kernel_filters:
                 pages = self._session.kernel_peak_pages(pid)
@@ -79,13 +80,12 @@ class Sampler:
             time.sleep(0.005 * (attempt + 1))
         return Reading(status, ts, kernel_kb, read_ns) if status is not None else None
 
-    def _settled_status(self, pid: int) -> tuple[ProcStatus | None, int, int]:
+    def _settled_status(self, pid: int, deadline: float) -> tuple[ProcStatus | None, int, int]:
         """(status, read_ns, ts_ns) of a reading no writer was changing: the kernel has
         already counted a change it shows while the record of it waits for the writer's
         lock release, which can be arbitrarily late (a writer preempted mid-fault, direct
-        reclaim). Waits up to IN_FLIGHT_WAIT_S for such a writer, draining meanwhile, and
-        then takes the reading as it is."""
-        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+        reclaim). Waits for such a writer until `deadline` (time.monotonic), draining
+        meanwhile, and then takes the reading as it is."""
         while True:
             read_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             status = procfs.read_status(pid)
