@@ -378,11 +378,17 @@ class BccSession:
         """Grow/shrink changes counted instead of sent, the reader being behind."""
         return self._counter(COUNTER_TALLIED)
 
+    def _target_state(self, pid: int) -> Any | None:
+        """The kernel side's `target_state` of `pid`; None once it is gone (or never was)."""
+        try:
+            return self._bpf["targets"][ctypes.c_uint32(pid)]
+        except KeyError:
+            return None
+
     def tally_of(self, pid: int) -> Tally:
         """`pid`'s changes counted instead of sent so far (none once it is gone)."""
-        try:
-            st = self._bpf["targets"][ctypes.c_uint32(pid)]
-        except KeyError:
+        st = self._target_state(pid)
+        if st is None:
             return NO_TALLY
         return Tally.of_pages(
             int(st.tallied), int(st.tallied_grown), int(st.tallied_shrunk), _KB_PER_PAGE
@@ -393,9 +399,8 @@ class BccSession:
 
     def lost_of(self, pid: int) -> int | None:
         """Records of `pid` the kernel side had no room for so far; None once it is gone."""
-        try:
-            st = self._bpf["targets"][ctypes.c_uint32(pid)]
-        except KeyError:
+        st = self._target_state(pid)
+        if st is None:
             return None
         return int(st.lost)
 
@@ -404,17 +409,15 @@ class BccSession:
         to) and may have changed total_vm without the record being sent yet: the tracepoint
         backend's writer mark. The kprobe and fentry backends judge a change inside the
         writing function and never set it."""
-        try:
-            st = self._bpf["targets"][ctypes.c_uint32(pid)]
-        except KeyError:
+        st = self._target_state(pid)
+        if st is None:
             return False
         return bool(st.writer)
 
     def kernel_peak_pages(self, pid: int) -> int | None:
         """The kernel side's VmPeak for `pid` (max(total_vm, hiwater_vm) it has seen)."""
-        try:
-            st = self._bpf["targets"][ctypes.c_uint32(pid)]
-        except KeyError:
+        st = self._target_state(pid)
+        if st is None:
             return None
         return int(st.peak) if st.mm else None
 

@@ -126,15 +126,6 @@ def test_run_stopped_alone_releases_the_command_with_a_note(
     assert not session_left(vmt.proc.pid)
 
 
-def _until_logged(log: Path, vmt: VmtraceProc, t0: float) -> float:
-    """Seconds from t0 until `log` has its first bytes (the `start` record)."""
-    deadline = t0 + RUN_TIMEOUT_S
-    while not (log.exists() and log.stat().st_size > 0):
-        assert vmt.proc.poll() is None and time.monotonic() < deadline, tail(vmt.stderr())
-        time.sleep(0.005)
-    return time.monotonic() - t0
-
-
 @pytest.fixture(scope="module")
 def start_record_s(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) -> float:
     """How long `vmtrace run` takes here to write its `start` record (imports, compile,
@@ -145,7 +136,8 @@ def start_record_s(bpf_ready: None, tmp_path_factory: pytest.TempPathFactory) ->
         t0 = time.monotonic()
         vmt, log = start_run(tmp, ["true"])
         with cleanup(vmt):
-            times.append(_until_logged(log, vmt, t0))
+            wait_for_start(log, vmt)
+            times.append(time.monotonic() - t0)
             vmt.wait(EXIT_TIMEOUT_S)
     return min(times[1:])
 
